@@ -1,0 +1,115 @@
+"""Callbacks: the prediction writer (CSV + PNG + TensorBoard figure)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+log = logging.getLogger(__name__)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write the predict span as ``predictions.csv`` and ``predictions.png``, and log the figure.
+
+    The CSV has one row per (window, horizon step): ``date`` (the day being predicted), ``step``
+    (1..H), ``actual``, ``predicted`` and ``persistence`` (the last observed price), all in price
+    units. Files go to ``output_dir``, by default the TensorBoard run's folder.
+
+    Args:
+        output_dir: folder for the CSV and PNG; ``null`` means the logger's run folder.
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.output_dir = output_dir
+        self.written: list[Path] = []
+
+    def _folder(self, trainer: pl.Trainer) -> Path:
+        folder = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           predictions: Any, batch_indices: Any) -> None:
+        if not trainer.is_global_zero or not predictions:
+            return
+        batches = predictions[0] if isinstance(predictions[0], list) else predictions
+        predicted = torch.cat([b["predicted"] for b in batches]).cpu()  # (N, H)
+        actual = torch.cat([b["actual"] for b in batches]).cpu()  # (N, H)
+        persistence = torch.cat([b["persistence"] for b in batches]).cpu()  # (N,)
+        dates = trainer.datamodule.predict_target_dates()  # (N, H) dates of the predicted days
+        n, horizon = predicted.shape
+        frame = pd.DataFrame({
+            "date": pd.DatetimeIndex(dates.reshape(-1)).strftime("%Y-%m-%d"),
+            "step": torch.arange(1, horizon + 1).repeat(n).numpy(),
+            "actual": actual.reshape(-1).numpy(),
+            "predicted": predicted.reshape(-1).numpy(),
+            "persistence": persistence.repeat_interleave(horizon).numpy(),
+        })
+        folder = self._folder(trainer)
+        csv_path, png_path = folder / "predictions.csv", folder / "predictions.png"
+        frame.to_csv(csv_path, index=False, float_format="%.4f")
+        figure = prediction_figure(frame)
+        figure.savefig(png_path, dpi=120)
+        experiment = getattr(trainer.logger, "experiment", None)
+        if hasattr(experiment, "add_figure"):
+            experiment.add_figure("predictions/test_span", figure, global_step=trainer.global_step)
+        self.written = [csv_path, png_path]
+        log.info("wrote %d predictions to %s and %s", len(frame), csv_path, png_path)
+
+
+def prediction_figure(frame: pd.DataFrame) -> Any:
+    """Plot actual vs predicted vs persistence prices of horizon step 1 over the dates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    first = frame[frame["step"] == 1]
+    dates = pd.to_datetime(first["date"])
+    figure, axis = plt.subplots(figsize=(10, 4))
+    axis.plot(dates, first["actual"], label="actual", color="black", linewidth=1.2)
+    axis.plot(dates, first["predicted"], label="predicted (step 1)", color="tab:orange", linewidth=1)
+    axis.plot(dates, first["persistence"], label="persistence (last price)", color="tab:gray",
+              linewidth=0.8, linestyle="--")
+    axis.set_ylabel("price")
+    axis.set_title("Test span: predicted vs actual")
+    axis.legend(loc="best")
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+class EpochTimer(pl.Callback):
+    """Log ``time/epoch_s``: wall-clock seconds of each training epoch, validation time excluded.
+
+    Lightning runs validation inside the training epoch (before ``on_train_epoch_end``), so the
+    time spent between ``on_validation_start`` and ``on_validation_end`` is subtracted.
+    """
+
+    def __init__(self) -> None:
+        self.epoch_times: list[float] = []
+        self._start = self._val_start = self._val_spent = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_spent = 0.0
+        self._start = time.perf_counter()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_spent += time.perf_counter() - self._val_start
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        seconds = time.perf_counter() - self._start - self._val_spent
+        self.epoch_times.append(seconds)
+        pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True)

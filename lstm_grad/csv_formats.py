@@ -1,0 +1,226 @@
+"""Read the CSV files people really download for gold into one raw numeric table.
+
+Sniffed, not special-cased per site: the delimiter (``,`` ``;`` tab), the header rows (one, or
+the three of ``yf.download(...).to_csv()``: fields, ``Ticker``, ``Date``), the date column and
+its style (ISO, ``MM/DD/YYYY``, day-first with ``dayfirst=True``, ``2024-01-02 00:00:00-05:00``)
+and the number style (``2,063.70``, ``2063,70`` in semicolon files, ``12.5K`` / ``1.2M``,
+``-0.35%``; ``null`` / ``.`` / ``-`` / empty mean missing). Cleaning policy lives in ``series.py``.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lstm_grad.data_errors import LOG, DataError
+
+MISSING_MARKERS = frozenset({"", "null", "nan", "na", "n/a", "#n/a", ".", "-", "--", "none", "\u2014"})
+_DATE_LIKE = re.compile(
+    r"^\s*(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?\s*(?:Z|[+-]\d{2}:?\d{2})?"
+    r"|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}(?:\s+\d{1,2}:\d{2}(?::\d{2})?)?"
+    r"|[A-Za-z]{3,9}\.? \d{1,2},? \d{4}|\d{1,2}[ -][A-Za-z]{3,9}\.?[ -]\d{2,4})\s*$"
+)
+_TZ_AFTER_TIME = r"(?<=\d:\d\d)(?::\d\d(?:\.\d+)?)?\s*(?:Z|[+-]\d\d:?\d\d)$"
+_DATE_NAMES = ("date", "datetime", "time", "timestamp", "observation_date", "day")
+_SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+
+
+@dataclass
+class RawTable:
+    """A CSV's numeric columns in file order; ``lines`` keeps each row's 1-based file line for messages."""
+
+    dates: pd.DatetimeIndex
+    values: pd.DataFrame
+    lines: np.ndarray
+    date_column: str
+
+
+def read_csv_table(path: str | os.PathLike, *, date_column: str | None = None,
+                   dayfirst: bool = False) -> RawTable:
+    """Parse ``path`` into dates plus float columns (NaN where missing) without reordering rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; check data.source (a CSV path or 'embedded')")
+    text = _decode(path.read_bytes())
+    numbered = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+    if not numbered:
+        raise DataError(f"{path}: file is empty; export the price history again")
+    delimiter = _sniff_delimiter(numbered[0][1])
+    rows = [[cell.strip() for cell in row] for row in csv.reader([t for _, t in numbered], delimiter=delimiter)]
+    line_of = np.array([n for n, _ in numbered])
+    n_header = _count_header_rows(rows)
+    width = max(len(r) for r in rows[: max(n_header, 1)])
+    names = _column_names(rows[:n_header], width)
+    body = [r + [""] * (width - len(r)) for r in rows[n_header:]]
+    lines = line_of[n_header:]
+    keep = np.array([any(r) for r in body], dtype=bool)  # rows of bare delimiters are blank lines
+    body, lines = [r for r, k in zip(body, keep) if k], lines[keep]
+    if not body:
+        raise DataError(f"{path}: header only, no data rows; export a file with prices in it")
+    for r, n in zip(body, lines):
+        if any(r[width:]):
+            raise DataError(f"{path}: line {n}: {len(r)} fields but the header has {width}; fix the row")
+    table = pd.DataFrame([r[:width] for r in body], columns=range(width), dtype=object)
+    date_idx = _find_date_column(table, names, date_column, path)
+    body_end = _drop_footer(table[date_idx], lines, path)
+    table, lines = table.iloc[:body_end], lines[:body_end]
+    dates = _parse_dates(table[date_idx], names[date_idx], dayfirst, lines, path)
+    values = {}
+    for j, name in enumerate(names):
+        if j != date_idx:
+            parsed = _parse_numbers(table[j], name, delimiter, lines, path)
+            if parsed is not None:
+                values[name] = parsed
+    frame = pd.DataFrame(values, index=pd.RangeIndex(len(table)), dtype="float64")
+    return RawTable(dates=dates, values=frame, lines=lines, date_column=names[date_idx])
+
+
+def _decode(raw: bytes) -> str:
+    """Strip a UTF-8 BOM (Investing.com writes one); fall back to latin-1 for old exports."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _sniff_delimiter(header: str) -> str:
+    """Pick ``;`` or tab when the first line uses it outside quotes, else ``,``."""
+    unquoted = re.sub(r'"[^"]*"', "", header)
+    return ";" if ";" in unquoted else "\t" if "\t" in unquoted else ","
+
+
+def _count_header_rows(rows: list[list[str]]) -> int:
+    """Count rows before the first one holding a date: 0 (headerless), 1, or yfinance's 3."""
+    if any(_DATE_LIKE.match(c) for c in rows[0]):
+        return 0
+    for k in range(1, min(len(rows), 6)):
+        if any(_DATE_LIKE.match(c) for c in rows[k]):
+            return k
+    return 1
+
+
+def _column_names(header_rows: list[list[str]], width: int) -> list[str]:
+    """Name columns from one header row, or merge yfinance's field / ticker / ``Date`` rows."""
+    if not header_rows:
+        return ["date", "price"] if width == 2 else ["date"] + [f"column_{j + 1}" for j in range(1, width)]
+    pieces = [[r[j].lstrip("\ufeff").strip() for r in header_rows if j < len(r) and r[j].strip()]
+              for j in range(width)]
+    names = [p[0] if p else f"column_{j + 1}" for j, p in enumerate(pieces)]
+    if len(header_rows) > 1 and pieces[0]:
+        names[0] = pieces[0][-1]  # yfinance: "Price" / "Ticker" / "Date" -> "Date"
+        repeated = {n for n in names[1:] if names[1:].count(n) > 1}
+        for j in range(1, width):
+            if names[j] in repeated and len(pieces[j]) > 1:
+                names[j] = f"{pieces[j][0]} {pieces[j][1]}"  # several tickers: "Close GC=F"
+    seen: dict[str, int] = {}
+    for j, name in enumerate(names):
+        seen[name] = seen.get(name, 0) + 1
+        names[j] = name if seen[name] == 1 else f"{name}.{seen[name] - 1}"
+    return names
+
+
+def _find_date_column(table: pd.DataFrame, names: list[str], wanted: str | None, path: Path) -> int:
+    """Return the date column: named by the user, named like a date, else the first holding dates."""
+    if wanted is not None:
+        for match in (lambda n: n == wanted, lambda n: n.casefold() == wanted.strip().casefold()):
+            hits = [j for j, n in enumerate(names) if match(n)]
+            if hits:
+                return hits[0]
+        raise DataError(f"{path}: date column '{wanted}' not found; available columns: {names}; "
+                        "fix data.date_column")
+    folded = [n.casefold() for n in names]
+    for j, name in enumerate(folded):
+        if name in _DATE_NAMES:
+            return j
+    for j, name in enumerate(folded):
+        if any(word in name for word in ("date", "time")):
+            return j
+    head = table.head(5)
+    for j in table.columns:
+        cells = [c for c in head[j] if c]
+        if cells and all(_DATE_LIKE.match(c) for c in cells):
+            return int(j)
+    raise DataError(f"{path}: no date column found among {names}; name it with data.date_column")
+
+
+def _drop_footer(cells: pd.Series, lines: np.ndarray, path: Path) -> int:
+    """Drop trailing summary rows (old Investing.com exports end with 'Highest: ...'); return the body end."""
+    end = len(cells)
+    while end > 1 and cells.iloc[end - 1] and not _DATE_LIKE.match(cells.iloc[end - 1]):
+        end -= 1
+    if end < len(cells) and _DATE_LIKE.match(cells.iloc[end - 1]):
+        LOG.info("%s: dropped %d trailing non-data row(s) from line %d (a footer)",
+                 path, len(cells) - end, lines[end])
+        return end
+    return len(cells)
+
+
+def _parse_dates(cells: pd.Series, name: str, dayfirst: bool, lines: np.ndarray, path: Path) -> pd.DatetimeIndex:
+    """Parse one date style strictly; a UTC offset is dropped to keep the local calendar date."""
+    s = cells.astype(str).str.strip()
+    has_tz = bool(s.str.contains(_TZ_AFTER_TIME, regex=True).any())
+    if has_tz:
+        s = s.str.replace(_TZ_AFTER_TIME, "", regex=True)
+    first = s[s != ""].iloc[0] if (s != "").any() else ""
+    numeric = re.match(r"^(\d{1,2})([-/.])(\d{1,2})\2(\d{2,4})(\s+\d{1,2}:\d{2}(:\d{2})?)?$", first)
+    if re.match(r"^\d{4}[-/.]", first):
+        iso = s.str.replace(r"^(\d{4})[/.](\d{1,2})[/.](\d{1,2})", r"\1-\2-\3", regex=True)
+        parsed = pd.to_datetime(iso, format="ISO8601", errors="coerce")
+    elif numeric:
+        sep = numeric.group(2)
+        fmt = sep.join(["%d", "%m"] if dayfirst else ["%m", "%d"]) + sep + ("%Y" if len(numeric.group(4)) == 4 else "%y")
+        fmt += "" if not numeric.group(5) else " %H:%M:%S" if numeric.group(6) else " %H:%M"
+        parsed = pd.to_datetime(s, format=fmt, errors="coerce")
+    else:
+        parsed = pd.to_datetime(s, format="mixed", dayfirst=dayfirst, errors="coerce")
+    bad = np.flatnonzero(parsed.isna().to_numpy())
+    if len(bad):
+        value = cells.iloc[bad[0]]
+        hint = "fix the cell, set data.dayfirst, or name the date column with data.date_column"
+        if numeric and not dayfirst and re.match(r"^(1[3-9]|[23]\d)[-/.]", value):
+            hint = "the dates look day-first: set data.dayfirst=true"
+        raise DataError(f"{path}: column '{name}', line {lines[bad[0]]}: cannot parse date '{value}'; {hint}")
+    index = pd.DatetimeIndex(parsed)
+    return index.normalize() if has_tz else index
+
+
+def _parse_numbers(cells: pd.Series, name: str, delimiter: str, lines: np.ndarray,
+                   path: Path) -> pd.Series | None:
+    """Parse one column to float64 (NaN = missing); None for a text column such as a ticker name."""
+    s = cells.astype(str).str.strip()
+    missing = s.str.lower().isin(MISSING_MARKERS)
+    s = s.str.replace(r"^([-+]?)[$\u20ac\u00a3]\s*", r"\1", regex=True)
+    s = s.str.replace(r"(?<=\d)[\s\u00a0\u202f'](?=\d)", "", regex=True).str.rstrip("%")
+    suffix = s.str.extract(r"(?<=\d)([KkMmBbTt])$", expand=False).str.upper()
+    scale = suffix.map(_SUFFIX).fillna(1.0).astype("float64")
+    s = s.str.replace(r"(?<=\d)[KkMmBbTt]$", "", regex=True)
+    has_comma, has_dot = s.str.contains(",", regex=False), s.str.contains(".", regex=False)
+    comma_last = has_comma & has_dot & (s.str.rfind(",") > s.str.rfind("."))
+    comma_only = has_comma & ~has_dot
+    thousands_only = s[comma_only].str.fullmatch(r"[-+]?\d{1,3}(,\d{3})+").all()
+    if comma_last.any() or (comma_only.any() and (delimiter != "," or not thousands_only)):
+        s = s.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)  # 2.063,70 -> 2063.70
+    else:
+        s = s.str.replace(",", "", regex=False)  # 2,063.70 -> 2063.70
+    values = pd.to_numeric(s.where(~missing, None), errors="coerce").astype("float64") * scale
+    bad = values.isna().to_numpy() & ~missing.to_numpy()
+    if bad.all() and bad.any():
+        LOG.debug("%s: column '%s' holds text, not numbers; left out", path, name)
+        return None
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: column '{name}', line {lines[i]}: cannot parse '{cells.iloc[i]}' as a number; "
+                        "fix the cell or choose other columns with data.target / data.features")
+    infinite = np.flatnonzero(np.isinf(values.to_numpy()))
+    if len(infinite):
+        i = int(infinite[0])
+        raise DataError(f"{path}: column '{name}', line {lines[i]}: value '{cells.iloc[i]}' is infinite (inf); "
+                        "fix the cell or delete the row")
+    return values.reset_index(drop=True)

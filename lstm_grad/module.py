@@ -1,0 +1,241 @@
+"""``LSTMForecaster``: loss, honest metrics in price units, optimiser, and true gradient norms.
+
+Hook order of one optimizer step, as read in the installed Lightning 2.6.6:
+``lightning/pytorch/plugins/precision/precision.py``: ``backward`` -> ``post_backward`` calls
+``on_after_backward`` (callbacks first, then this module); ``_wrap_closure`` runs the closure, then
+``_after_closure`` calls ``on_before_optimizer_step`` and then ``_clip_gradients`` ->
+``configure_gradient_clipping`` (the only place ``Trainer(gradient_clip_val=...)`` acts), then the
+optimizer steps. Under a GradScaler (``plugins/precision/amp.py``, ``optimizer_step``) the scaler
+unscales *after* the closure, so ``on_after_backward`` sees scaled gradients and
+``on_before_optimizer_step`` unscaled ones. With ``accumulate_grad_batches=k`` the closure (and so
+``on_after_backward``) runs on every micro-batch, the optimizer every k-th batch and on the last
+batch of an epoch (``loops/training_epoch_loop.py``, ``_should_accumulate``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanAbsoluteError, MeanAbsolutePercentageError, MeanMetric, MeanSquaredError
+
+from lstm_grad.gradients import clipped_total, layer_grad_norms
+from lstm_grad.model import ResidualLSTM
+
+LOSSES = {"mse": F.mse_loss, "huber": F.huber_loss}
+
+
+class ForecastMetrics(nn.Module):
+    """Accumulate one stage's metrics in price units and compute them at epoch end.
+
+    ``mae``/``mse`` in price units, ``mape`` in percent, ``mase`` = model MAE / persistence MAE on the
+    same targets (< 1 beats "tomorrow = today"), ``dir_acc`` = share of (window, horizon step) pairs
+    where the predicted change from the last observed price has the sign of the actual change; pairs
+    whose actual change is exactly zero are left out (no direction to get right).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mae = MeanAbsoluteError()
+        self.mse = MeanSquaredError()
+        self.mape = MeanAbsolutePercentageError()
+        self.naive_mae = MeanAbsoluteError()
+        self.naive_mape = MeanAbsolutePercentageError()
+        self.dir_acc = MeanMetric()
+
+    def update(self, pred: Tensor, actual: Tensor, anchor: Tensor) -> None:
+        # pred, actual (B, H) prices; anchor (B,) last observed price
+        naive = anchor.unsqueeze(1).expand_as(actual)  # (B,) -> (B, H)
+        self.mae.update(pred, actual)
+        self.mse.update(pred, actual)
+        self.mape.update(pred, actual)
+        self.naive_mae.update(naive, actual)
+        self.naive_mape.update(naive, actual)
+        moved = actual != naive
+        hits = (torch.sign(pred - naive) == torch.sign(actual - naive)).float()
+        if moved.any():
+            self.dir_acc.update(hits[moved])
+
+    def compute(self) -> dict[str, Tensor]:
+        mae = self.mae.compute()
+        return {
+            "mae": mae,
+            "mse": self.mse.compute(),
+            "mape": 100.0 * self.mape.compute(),
+            "mase": mae / self.naive_mae.compute(),
+            "naive_mae": self.naive_mae.compute(),
+            "naive_mape": 100.0 * self.naive_mape.compute(),
+            "dir_acc": self.dir_acc.compute(),
+        }
+
+    def reset(self) -> None:
+        for metric in self.children():
+            metric.reset()
+
+
+class LSTMForecaster(pl.LightningModule):
+    """Train ``ResidualLSTM`` on scaled targets; report metrics in price units and gradient norms.
+
+    Args:
+        n_features: input features per day; linked from ``data.n_features`` by the CLI.
+        hidden_sizes: width of each recurrent layer (the recipe's Step 4: 128, 128, 128, 64).
+        residual: skip connections between recurrent layers (projection where widths differ).
+        dropout: dropout after each recurrent layer (the recipe's 0.2).
+        cell: ``lstm`` or ``gru``.
+        init: ``orthogonal`` (each gate block), ``glorot`` or ``default`` (torch's).
+        gain: gain of the orthogonal / Glorot weights.
+        forget_bias: LSTM forget-gate bias (Keras' unit_forget_bias).
+        horizon: days predicted at once; linked from ``data.horizon`` by the CLI.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        warmup_steps: optimizer steps of linear learning-rate warm-up from lr/warmup_steps to lr (0 = off).
+        loss: ``mse`` (the recipe's) or ``huber``, on standardised targets.
+    """
+
+    def __init__(
+        self,
+        n_features: int = 5,
+        hidden_sizes: tuple[int, ...] = (128, 128, 128, 64),
+        residual: bool = True,
+        dropout: float = 0.2,
+        cell: str = "lstm",
+        init: str = "orthogonal",
+        gain: float = 1.0,
+        forget_bias: float = 1.0,
+        horizon: int = 1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        loss: str = "mse",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r} is unknown; use one of {sorted(LOSSES)}")
+        self.model = ResidualLSTM(
+            n_features, tuple(hidden_sizes), residual, dropout, cell, init, gain, forget_bias, horizon
+        )
+        self.loss_fn = LOSSES[loss]
+        self.metrics = nn.ModuleDict({stage: ForecastMetrics() for stage in ("val", "test")})
+        self.last_grad_norms: dict[str, float] = {}  # set on logged steps; GradientMonitor reads it
+        self.last_grad_step: int = -1
+        self._clip_total: float | None = None  # pre-clip total of the current step, for clipping
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    # ---- steps -------------------------------------------------------------------------------
+    def _shared_step(self, batch: tuple[Tensor, Tensor, Tensor], stage: str) -> Tensor:
+        x, y, anchor = batch  # (B, T, F), (B, H) scaled, (B,) price
+        pred = self(x)
+        loss = self.loss_fn(pred, y)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
+                 batch_size=len(x))
+        if stage != "train":
+            dm = self.trainer.datamodule
+            self.metrics[stage].update(dm.inverse_transform(pred, anchor),
+                                       dm.inverse_transform(y, anchor), anchor)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Return prices: ``predicted``, ``actual`` (B, H) and ``persistence`` (B,)."""
+        x, y, anchor = batch
+        dm = self.trainer.datamodule
+        return {"predicted": dm.inverse_transform(self(x), anchor),
+                "actual": dm.inverse_transform(y, anchor), "persistence": anchor}
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        values = self.metrics[stage].compute()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False)
+        self.metrics[stage].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    # ---- gradients ---------------------------------------------------------------------------
+    def _closes_accumulation(self, batch_idx: int) -> bool:
+        """True on the backward whose gradient the optimizer will use (Lightning steps every k-th batch
+        and on the last batch of the epoch)."""
+        k = self.trainer.accumulate_grad_batches
+        return (batch_idx + 1) % k == 0 or batch_idx + 1 == self.trainer.num_training_batches
+
+    def _logger_writes_this_step(self) -> bool:
+        """Mirror Lightning's ``should_update_logs``: the step about to finish is ``global_step + 1``."""
+        every = self.trainer.log_every_n_steps
+        return bool(self.logger) and every > 0 and (self.trainer.global_step + 1) % every == 0
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_idx = batch_idx
+        self._clip_total = None
+
+    def on_after_backward(self) -> None:
+        """Log ``grad_norm/<layer>`` and ``grad_norm/total`` of the gradient the optimizer will use.
+
+        Only on the backward that closes an accumulation window and only on steps the logger writes;
+        divided by the GradScaler's scale when one is active (gradients here are still scaled).
+        A step with non-finite gradients logs ``grad_health/nonfinite`` = 1 instead of NaN norms.
+        """
+        if not self._closes_accumulation(self._batch_idx) or not self._logger_writes_this_step():
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
+        norms = layer_grad_norms(self.model, scale)
+        values = torch.stack(list(norms.values())).tolist()  # the one host sync of this step
+        self.last_grad_norms = dict(zip(norms, values))
+        self.last_grad_step = self.trainer.global_step
+        finite = all(math.isfinite(v) for v in values)
+        self.log("grad_health/nonfinite", float(not finite), on_step=True, on_epoch=False)
+        if finite:
+            self.log_dict({f"grad_norm/{k}": v for k, v in self.last_grad_norms.items()},
+                          on_step=True, on_epoch=False)
+            self._clip_total = self.last_grad_norms["total"]
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip as ``Trainer(gradient_clip_val=...)`` asks, reusing the pre-clip total when known.
+
+        Lightning calls this after ``on_before_optimizer_step`` on every optimizer step, with
+        gradients already unscaled. On logged steps the total from ``on_after_backward`` is reused
+        (no second norm pass) and ``grad_norm/total_clipped`` and ``grad_health/clipped`` logged.
+        """
+        total = self._clip_total
+        by_norm = (gradient_clip_algorithm or "norm") == "norm"  # Lightning's default algorithm
+        if total is None or not gradient_clip_val or not by_norm:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        else:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, torch.tensor(total))
+        if total is not None:
+            clip = gradient_clip_val if by_norm else None
+            after = clipped_total(total, clip)
+            self.log_dict({"grad_norm/total_clipped": after,
+                           "grad_health/clipped": float(after < total)}, on_step=True, on_epoch=False)
+            self.last_grad_norms["total_clipped"] = after
+        self._clip_total = None
+
+    # ---- optimiser ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.warmup_steps <= 0:
+            return optimizer
+        ramp = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / hp.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": ramp, "interval": "step"}}

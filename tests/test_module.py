@@ -1,0 +1,190 @@
+"""LSTMForecaster: logged grad_norm/* are the true gradients the optimizer uses."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning.pytorch as pl
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.loggers.logger import Logger
+from torch import nn
+
+from lstm_grad.data import GoldDataModule
+from lstm_grad.module import LSTMForecaster
+
+LAYERS = ["lstm_0", "lstm_1", "proj_1", "head", "total"]
+
+
+class MemoryLogger(Logger):
+    """Keep every logged scalar as {key: {step: value}}, and every write in ``writes``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, dict[int, float]] = {}
+        self.writes: list[tuple[str, int]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        for key, value in metrics.items():
+            self.values.setdefault(key, {})[step] = float(value)
+            self.writes.append((key, step))
+
+
+class IndependentGradients(pl.Callback):
+    """Recompute each optimizer step's gradient with torch.autograd.grad on a frozen copy.
+
+    Lightning divides each micro-batch loss by ``accumulate_grad_batches`` and sums the gradients
+    over the window; this does the same in float64 on a copy of the weights taken before the window.
+    """
+
+    def __init__(self) -> None:
+        self.window: list = []
+        self.expected: dict[int, dict[str, float]] = {}
+        self.seen_before_step: dict[int, dict[str, float]] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        k = trainer.accumulate_grad_batches
+        if batch_idx % k == 0:
+            self.window, self.frozen = [], copy.deepcopy(module.model).double()
+        self.window.append([t.double() if t.is_floating_point() else t for t in batch])
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        k = trainer.accumulate_grad_batches
+        params = list(self.frozen.parameters())
+        names = [n.split(".")[0] for n, _ in self.frozen.named_parameters()]
+        total = [torch.zeros_like(p) for p in params]
+        for x, y, _ in self.window:
+            loss = nn.functional.mse_loss(self.frozen(x), y) / k
+            for acc, grad in zip(total, torch.autograd.grad(loss, params)):
+                acc += grad
+        squares: dict[str, float] = {}
+        for name, grad in zip(names, total):
+            squares[name] = squares.get(name, 0.0) + float(grad.square().sum())
+        squares["total"] = sum(squares.values())
+        step = trainer.global_step
+        self.expected[step] = {k: math.sqrt(v) for k, v in squares.items()}
+        own = {n.split(".")[0]: 0.0 for n, _ in module.model.named_parameters()}
+        for n, p in module.model.named_parameters():
+            own[n.split(".")[0]] += float(p.grad.double().square().sum())
+        own["total"] = sum(own.values())
+        self.seen_before_step[step] = {k: math.sqrt(v) for k, v in own.items()}
+
+
+def synthetic_csv(tmp_path, rows: int = 160):
+    generator = torch.Generator().manual_seed(0)
+    price = 100 + torch.cumsum(torch.randn(rows, generator=generator), 0)
+    frame = pd.DataFrame({"date": pd.bdate_range("2020-01-01", periods=rows).strftime("%Y-%m-%d"),
+                          "price": price.numpy().round(3)})
+    path = tmp_path / "gold.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def train(tmp_path, *, module_class=None, clip=None, accumulate=1, log_every=1, batches_per_epoch=None, epochs=1):
+    pl.seed_everything(0)
+    data = GoldDataModule(source=str(synthetic_csv(tmp_path)), last_n_days=None, window=8,
+                          batch_size=16, split=(0.6, 0.2, 0.2))
+    model = (module_class or LSTMForecaster)(n_features=data.n_features, hidden_sizes=(6, 4), dropout=0.0,
+                           horizon=data.horizon)
+    logger, probe = MemoryLogger(), IndependentGradients()
+    trainer = pl.Trainer(max_epochs=epochs, logger=logger, callbacks=[probe], gradient_clip_val=clip,
+                         accumulate_grad_batches=accumulate, log_every_n_steps=log_every,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_train_batches=batches_per_epoch,
+                         num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=data)
+    norm_writes = [step for key, step in logger.writes if key == "grad_norm/total"]
+    assert len(norm_writes) == len(set(norm_writes)), "one grad_norm write per optimizer step"
+    return logger.values, probe, trainer
+
+
+def logged_at(values: dict, key: str) -> dict[int, float]:
+    return values.get(f"grad_norm/{key}", {})
+
+
+def test_logged_norms_equal_independent_autograd(tmp_path):
+    values, probe, _ = train(tmp_path)
+    assert set(logged_at(values, "total")) == set(probe.expected)  # every step logged
+    for step, expected in probe.expected.items():
+        for layer in LAYERS:
+            assert math.isclose(logged_at(values, layer)[step], expected[layer], rel_tol=1e-5), (step, layer)
+            assert math.isclose(logged_at(values, layer)[step], probe.seen_before_step[step][layer],
+                                rel_tol=1e-6)
+
+
+def test_logged_norms_are_not_weight_norms(tmp_path):
+    values, _, trainer = train(tmp_path)
+    last = max(logged_at(values, "lstm_1"))
+    weights = trainer.lightning_module.model.lstm_1.parameters()
+    weight_norm = torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in weights])).item()
+    assert not math.isclose(logged_at(values, "lstm_1")[last], weight_norm, rel_tol=0.05)
+
+
+def count_norm_passes(monkeypatch) -> list[int]:
+    import lstm_grad.module as module
+
+    calls, real = [], module.layer_grad_norms
+    monkeypatch.setattr(module, "layer_grad_norms", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_accumulation_logs_the_accumulated_gradient_on_optimizer_steps(tmp_path, monkeypatch):
+    calls = count_norm_passes(monkeypatch)
+    values, probe, trainer = train(tmp_path, accumulate=2)
+    assert len(calls) == trainer.global_step  # no pass on micro-batches that do not step
+    steps = sorted(logged_at(values, "total"))
+    assert steps == sorted(probe.expected) and len(steps) == trainer.global_step
+    for step in steps:
+        assert math.isclose(logged_at(values, "total")[step], probe.expected[step]["total"], rel_tol=1e-5)
+
+
+def test_only_steps_the_logger_writes_are_computed(tmp_path, monkeypatch):
+    calls = count_norm_passes(monkeypatch)
+    values, probe, trainer = train(tmp_path, log_every=3, epochs=2)
+    written = set(values["train/loss_step"])
+    assert set(logged_at(values, "total")) == written and len(calls) == len(written)
+    assert len(written) < trainer.global_step
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_total_clipped(tmp_path, clip):
+    values, _, _ = train(tmp_path, clip=clip)
+    totals, clipped = logged_at(values, "total"), logged_at(values, "total_clipped")
+    assert set(totals) == set(clipped)
+    for step, total in totals.items():
+        if clip is None:
+            assert clipped[step] == total
+        else:
+            assert clipped[step] <= clip + 1e-6
+            assert values["grad_health/clipped"][step] == float(total > clip)
+
+
+class LightningClipping(LSTMForecaster):
+    """Clip through Lightning's own path (a second norm pass) on every step."""
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        pl.LightningModule.configure_gradient_clipping(self, optimizer, gradient_clip_val,
+                                                       gradient_clip_algorithm)
+
+
+def test_reused_total_clips_exactly_like_lightning(tmp_path):
+    weights = {}
+    for name, cls, clip in (("ours", None, 0.05), ("lightning", LightningClipping, 0.05),
+                            ("unclipped", None, None)):
+        _, _, trainer = train(tmp_path, module_class=cls, clip=clip, batches_per_epoch=4)
+        weights[name] = torch.cat([p.detach().flatten() for p in trainer.lightning_module.parameters()])
+    torch.testing.assert_close(weights["ours"], weights["lightning"], rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(weights["ours"], weights["unclipped"])
