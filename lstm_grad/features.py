@@ -36,11 +36,16 @@ def parse_feature(spec: str) -> tuple[str, str, int]:
 
 
 def default_target(frame: pd.DataFrame) -> str:
-    """Pick the price to forecast: gold, Close, Price, or the only column."""
+    """Pick the price to forecast: gold, Close, Price, a ``Close/Last``-like column, LBMA's USD (PM)
+    fix, or the only column."""
     folded = {c.casefold(): c for c in frame.columns}
     for name in ("gold", "close", "price"):
         if name in folded:
             return folded[name]
+    for word in ("close", "price", "usd (pm)", "usd pm", "usd"):
+        hits = [c for key, c in folded.items() if word in key and "adj" not in key]
+        if hits:
+            return hits[0]
     if frame.shape[1] == 1:
         return str(frame.columns[0])
     raise DataError(f"cannot tell which column is the price among {list(frame.columns)}; set data.target")
