@@ -1,4 +1,5 @@
-"""Callbacks: the prediction writer (CSV + PNG + TensorBoard figure)."""
+"""Callbacks: the prediction writer (CSV + PNG + TensorBoard figure), the epoch timer, and the gradient
+diagnostics (``GradientMonitor`` in ``monitor.py``, ``TimeGradientProbe`` in ``probe.py``, re-exported here)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ import lightning.pytorch as pl
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from lstm_grad.monitor import GradientHealthWarning, GradientMonitor
+from lstm_grad.probe import TimeGradientProbe
+
+__all__ = ["EpochTimer", "GradientHealthWarning", "GradientMonitor", "PredictionWriter", "TimeGradientProbe"]
 
 log = logging.getLogger(__name__)
 

@@ -2,21 +2,26 @@
 
 The data module knows the number of features and the horizon; they are linked into the model, so
 a user never types them twice. Checkpointing (``last.ckpt`` every epoch, the best by ``val/loss``),
-early stopping, the prediction writer and TensorBoard logging under ``runs/`` are on by default and
-configurable as ``--checkpoint.*``, ``--early_stopping.*``, ``--predictions.*``, ``--trainer.logger.*``.
+early stopping, the prediction writer, the gradient monitor, the gradient-through-time probe and
+TensorBoard logging under ``runs/`` are on by default and configurable as ``--checkpoint.*``,
+``--early_stopping.*``, ``--predictions.*``, ``--gradient_monitor.*``, ``--time_probe.*``, ``--trainer.logger.*``.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lstm_grad.callbacks import EpochTimer, PredictionWriter
+from lstm_grad.callbacks import EpochTimer, GradientMonitor, PredictionWriter, TimeGradientProbe
+from lstm_grad import checkpoints
 from lstm_grad.data import DataError, GoldDataModule
 from lstm_grad.module import LSTMForecaster
 
@@ -39,7 +44,11 @@ class GoldCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"description": __doc__.splitlines()[0]})
+        # exit_on_error=False: a bad flag, config key or value raises ArgumentError, which run_guarded
+        # prints as one line (jsonargparse would print the whole usage block first)
+        quiet = {"exit_on_error": False}
+        kwargs.setdefault("parser_kwargs", {"description": __doc__.splitlines()[0], **quiet,
+                                            **{name: dict(quiet) for name in self.subcommands()}})
         super().__init__(LSTMForecaster, GoldDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -57,6 +66,32 @@ class GoldCLI(LightningCLI):
         parser.set_defaults({"early_stopping.monitor": "val/loss", "early_stopping.patience": 10})
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(EpochTimer, "epoch_timer")
+        parser.add_lightning_class_args(GradientMonitor, "gradient_monitor")  # --gradient_monitor.vanish_threshold
+        parser.add_lightning_class_args(TimeGradientProbe, "time_probe")  # --time_probe.every_n_epochs
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then refuse an unreadable ``--ckpt_path`` file in one line (LightningCLI loads it next)."""
+        super().parse_arguments(parser, args)
+        path = self.config.get(str(self.config.get("subcommand")), self.config).get("ckpt_path")
+        if path and path not in ("last", "best", "hpc") and "://" not in str(path):
+            checkpoints.read_checkpoint(path)
+
+    def before_instantiate_classes(self) -> None:
+        """Resolve ``--ckpt_path last`` to the newest run that has one; load with ``weights_only=True``."""
+        config = self.config.get(str(self.subcommand), self.config)
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True  # plain tensors and containers only: our checkpoints need no more
+        logger = config.trainer.logger
+        init = getattr(logger, "init_args", None)
+        if (config.get("ckpt_path") == "last" and config.checkpoint.dirpath is None and init is not None
+                and "TensorBoardLogger" in str(logger.class_path) and init.version is None):
+            version = checkpoints.resume_version(init.save_dir, init.name)
+            if version is not None:  # same folder: the TensorBoard run and last.ckpt continue there
+                init.version = version
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Build the Trainer with atomic checkpoint writes and RNG state in checkpoints."""
+        return checkpoints.install(super().instantiate_trainer(**kwargs))
 
 
 def run_guarded(entry: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
@@ -68,13 +103,17 @@ def run_guarded(entry: Callable[[Sequence[str] | None], Any], argv: Sequence[str
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
+    # the command line is handed over as ``args`` on purpose (to take --debug out of it)
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
     try:
         entry(args)
-    except (DataError, ValueError, FileNotFoundError, OSError) as error:
+    except (DataError, ValueError, OSError, FloatingPointError, argparse.ArgumentError,
+            MisconfigurationException) as error:
         if debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        hint = "; see --help" if isinstance(error, argparse.ArgumentError) else ""
+        print(f"error: {' '.join(str(error).split())}{hint}", file=sys.stderr)  # one line, always
+        return 1 if not isinstance(error, argparse.ArgumentError) else 2
     return 0
 
 

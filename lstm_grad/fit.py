@@ -13,7 +13,7 @@ import logging
 import statistics
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 from lstm_grad.callbacks import EpochTimer
 from lstm_grad.cli import GoldCLI, run_guarded
@@ -41,15 +41,25 @@ def results_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+class FitCLI(GoldCLI):
+    """GoldCLI without subcommands, plus ``--ckpt_path`` (``last`` resumes the newest killed run)."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--ckpt_path", type=Optional[str], default=None,
+                            help="checkpoint to resume from: a path, or 'last' for the newest run's last.ckpt")
+
+
 def run(args: Sequence[str] | None = None) -> dict[str, Any]:
-    """Fit, test the best checkpoint, predict the test span; return metrics and paths."""
-    cli = GoldCLI(args=args, run=False)
+    """Fit (resuming from ``--ckpt_path``), test the best checkpoint, predict the test span."""
+    cli = FitCLI(args=args, run=False)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    trainer.fit(model, datamodule=data)
+    trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"), weights_only=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = best or None
-    metrics = {k: float(v) for k, v in trainer.test(model, datamodule=data, ckpt_path=ckpt)[0].items()}
-    trainer.predict(model, datamodule=data, ckpt_path=ckpt, return_predictions=False)
+    tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, weights_only=True)
+    metrics = {k: float(v) for k, v in tested[0].items()}
+    trainer.predict(model, datamodule=data, ckpt_path=ckpt, return_predictions=False, weights_only=True)
     timer = next((c for c in trainer.callbacks if isinstance(c, EpochTimer)), None)
     times = timer.epoch_times if timer else []
     return {"metrics": metrics, "best_checkpoint": best, "log_dir": trainer.log_dir,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanAbsolutePercentageError, MeanMetric, MeanSquaredError
 
+from lstm_grad.checkpoints import check_compatible
 from lstm_grad.gradients import clipped_total, layer_grad_norms
 from lstm_grad.model import ResidualLSTM
 
@@ -124,6 +125,8 @@ class LSTMForecaster(pl.LightningModule):
         self.last_grad_norms: dict[str, float] = {}  # set on logged steps; GradientMonitor reads it
         self.last_grad_step: int = -1
         self._clip_total: float | None = None  # pre-clip total of the current step, for clipping
+        self._train_loss_sum: Tensor | None = None  # sum of loss * batch size over this epoch
+        self._train_loss_n = 0
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -133,9 +136,10 @@ class LSTMForecaster(pl.LightningModule):
         x, y, anchor = batch  # (B, T, F), (B, H) scaled, (B,) price
         pred = self(x)
         loss = self.loss_fn(pred, y)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 batch_size=len(x))
-        if stage != "train":
+        if stage == "train":
+            self._log_train_loss(loss, len(x))
+        else:
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x))
             dm = self.trainer.datamodule
             self.metrics[stage].update(dm.inverse_transform(pred, anchor),
                                        dm.inverse_transform(y, anchor), anchor)
@@ -143,6 +147,28 @@ class LSTMForecaster(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
+
+    def _log_train_loss(self, loss: Tensor, batch_size: int) -> None:
+        """Log ``train/loss_step`` only where it is shown (a step the logger writes, or a progress bar)
+        and keep the epoch's sample-weighted mean as a tensor, logged as ``train/loss_epoch``.
+
+        Lightning's ``self.log`` costs ~0.1-0.3 ms of Python per call (``_ResultCollection.log`` calls
+        ``_ResultMetric.to``, which runs ``apply_to_collection`` and deep-copies the metadata dataclass:
+        ``lightning/pytorch/trainer/connectors/logger_connector/result.py``); once per step it was the
+        largest per-step cost Lightning added over a plain loop (``scripts/bench.py``, item 1).
+        """
+        weighted = loss.detach() * batch_size
+        self._train_loss_sum = weighted if self._train_loss_sum is None else self._train_loss_sum + weighted
+        self._train_loss_n += batch_size
+        if self._logger_writes_this_step() or self.trainer.progress_bar_callback is not None:
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+
+    def on_train_epoch_start(self) -> None:
+        self._train_loss_sum, self._train_loss_n = None, 0
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_loss_n:
+            self.log("train/loss_epoch", self._train_loss_sum / self._train_loss_n, on_epoch=True, prog_bar=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "val")
@@ -157,16 +183,20 @@ class LSTMForecaster(pl.LightningModule):
         return {"predicted": dm.inverse_transform(self(x), anchor),
                 "actual": dm.inverse_transform(y, anchor), "persistence": anchor}
 
-    def _log_epoch_metrics(self, stage: str) -> None:
-        values = self.metrics[stage].compute()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False)
+    def _log_epoch_metrics(self, stage: str) -> dict[str, float]:
+        values = {f"{stage}/{k}": float(v) for k, v in self.metrics[stage].compute().items()}
+        self.log_dict(values, prog_bar=False)
         self.metrics[stage].reset()
+        return values
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
+        """Log test metrics, and store them beside the hyperparameters (TensorBoard's HPARAMS tab)."""
+        values = self._log_epoch_metrics("test")
+        if self.logger is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self.logger.log_hyperparams(self.hparams, {f"hparams/{k}": v for k, v in values.items()})
 
     # ---- gradients ---------------------------------------------------------------------------
     def _closes_accumulation(self, batch_idx: int) -> bool:
@@ -184,12 +214,23 @@ class LSTMForecaster(pl.LightningModule):
         self._batch_idx = batch_idx
         self._clip_total = None
 
+    def _write(self, values: dict[str, float]) -> None:
+        """Write step scalars straight to the loggers at the step Lightning writes ``train/loss_step``.
+
+        ``self.log`` would keep a key's last value for the rest of the epoch and write it again on a
+        later logged step that does not log it (a non-finite step): a stale point in TensorBoard.
+        Loggers write on rank 0 only (``rank_zero_only``); every rank holds the same all-reduced norms.
+        """
+        for logger in self.loggers:
+            logger.log_metrics(values, step=self.trainer.global_step)
+
     def on_after_backward(self) -> None:
         """Log ``grad_norm/<layer>`` and ``grad_norm/total`` of the gradient the optimizer will use.
 
         Only on the backward that closes an accumulation window and only on steps the logger writes;
         divided by the GradScaler's scale when one is active (gradients here are still scaled).
-        A step with non-finite gradients logs ``grad_health/nonfinite`` = 1 instead of NaN norms.
+        A step with non-finite gradients logs ``grad_health/nonfinite`` = 1 and the finite layers
+        only, never NaN.
         """
         if not self._closes_accumulation(self._batch_idx) or not self._logger_writes_this_step():
             return
@@ -200,10 +241,9 @@ class LSTMForecaster(pl.LightningModule):
         self.last_grad_norms = dict(zip(norms, values))
         self.last_grad_step = self.trainer.global_step
         finite = all(math.isfinite(v) for v in values)
-        self.log("grad_health/nonfinite", float(not finite), on_step=True, on_epoch=False)
+        self._write({"grad_health/nonfinite": float(not finite),
+                     **{f"grad_norm/{k}": v for k, v in self.last_grad_norms.items() if math.isfinite(v)}})
         if finite:
-            self.log_dict({f"grad_norm/{k}": v for k, v in self.last_grad_norms.items()},
-                          on_step=True, on_epoch=False)
             self._clip_total = self.last_grad_norms["total"]
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
@@ -213,22 +253,27 @@ class LSTMForecaster(pl.LightningModule):
 
         Lightning calls this after ``on_before_optimizer_step`` on every optimizer step, with
         gradients already unscaled. On logged steps the total from ``on_after_backward`` is reused
-        (no second norm pass) and ``grad_norm/total_clipped`` and ``grad_health/clipped`` logged.
+        (no second norm pass) and ``grad_norm/total_clipped`` and ``grad_health/clipped`` logged
+        (clipping by norm, or none; clipping by value is left to Lightning and not summarised).
         """
         total = self._clip_total
+        self._clip_total = None
         by_norm = (gradient_clip_algorithm or "norm") == "norm"  # Lightning's default algorithm
         if total is None or not gradient_clip_val or not by_norm:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         else:
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, torch.tensor(total))
-        if total is not None:
-            clip = gradient_clip_val if by_norm else None
-            after = clipped_total(total, clip)
-            self.log_dict({"grad_norm/total_clipped": after,
-                           "grad_health/clipped": float(after < total)}, on_step=True, on_epoch=False)
+        if total is not None and (by_norm or not gradient_clip_val):
+            after = clipped_total(total, gradient_clip_val)
+            self._write({"grad_norm/total_clipped": after, "grad_health/clipped": float(after < total)})
             self.last_grad_norms["total_clipped"] = after
-        self._clip_total = None
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint made for other data or layer sizes with one line, not a size-mismatch
+        traceback (Lightning loads the weights right after this hook, before the DataModule state)."""
+        check_compatible(checkpoint, self)
 
     # ---- optimiser ---------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

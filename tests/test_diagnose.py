@@ -1,0 +1,82 @@
+"""``python -m lstm_grad.diagnose`` prints the numbers its run's event files hold."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+
+import lightning.pytorch as pl
+import pytest
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from test_module import synthetic_csv
+
+from lstm_grad import diagnose
+from lstm_grad.callbacks import GradientMonitor, TimeGradientProbe
+from lstm_grad.data import GoldDataModule
+from lstm_grad.module import LSTMForecaster
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("diagnose")
+    pl.seed_everything(0)
+    data = GoldDataModule(source=str(synthetic_csv(tmp)), last_n_days=None, window=12, batch_size=16,
+                          split=(0.6, 0.2, 0.2))
+    model = LSTMForecaster(n_features=data.n_features, hidden_sizes=(6, 5, 4), dropout=0.0, horizon=data.horizon)
+    logger = TensorBoardLogger(tmp / "runs", name="tiny", default_hp_metric=False)
+    trainer = pl.Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=1, log_every_n_steps=1,
+                         gradient_clip_val=2.0, logger=logger, callbacks=[GradientMonitor(), TimeGradientProbe()],
+                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                         num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=data)
+    return logger.log_dir
+
+
+def raw_scalars(folder) -> dict[str, dict[int, float]]:
+    """Read the event file record by record (not through EventAccumulator, which diagnose uses)."""
+    from pathlib import Path
+
+    values: dict[str, dict[int, float]] = {}
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.HasField("tensor") and value.metadata.plugin_data.plugin_name == "scalars":
+                    values.setdefault(value.tag, {})[event.step] = float(value.tensor.float_val[0])
+                elif value.HasField("simple_value"):
+                    values.setdefault(value.tag, {})[event.step] = value.simple_value
+    return values
+
+
+def test_diagnose_prints_the_event_files_numbers(run_dir, capsys, tmp_path):
+    raw = raw_scalars(run_dir)
+    assert diagnose.main([run_dir, "--png", str(tmp_path / "norms.png")]) == 0
+    out = capsys.readouterr().out
+    for layer in ("lstm_0", "lstm_1", "lstm_2", "proj_2", "head", "total"):
+        series = [raw[f"grad_norm/{layer}"][s] for s in sorted(raw[f"grad_norm/{layer}"])]
+        expected = f"{layer:<14}{series[0]:>11.3e}{statistics.median(series):>11.3e}{series[-1]:>11.3e}{0:>8d}"
+        assert expected in out, (expected, out)
+    summary = {line[:26].strip(): line[26:].strip() for line in out.split("summary", 1)[1].splitlines()[1:]}
+    medians = {k: statistics.median(raw[f"grad_norm/{k}"].values()) for k in ("lstm_0", "lstm_2")}
+    assert summary["depth ratio (first/last)"] == f"{medians['lstm_0'] / medians['lstm_2']:.3g}"
+    clipped = list(raw["grad_health/clipped"].values())
+    assert 0 < sum(clipped) < len(clipped) and summary["clip rate"] == f"{sum(clipped) / len(clipped):.1%}"
+    reach = [raw["grad_time/reach"][s] for s in sorted(raw["grad_time/reach"])]
+    assert summary["time reach (days)"] == f"{reach[0]:.0f} -> {reach[-1]:.0f}" and len(reach) == 3
+    assert summary["non-finite steps"] == "0" and summary["steps < threshold (any)"] == "0"
+    assert (tmp_path / "norms.png").stat().st_size > 1000
+
+
+def test_strict_fails_on_vanishing_and_runs_compare_side_by_side(run_dir, capsys, tmp_path):
+    assert diagnose.main([run_dir, "--no-png", "--strict"]) == 0
+    assert diagnose.main([run_dir, run_dir, "--threshold", "1e3", "--strict", "--png", str(tmp_path / "x.png")]) == 1
+    captured = capsys.readouterr()
+    summary = captured.out.split("summary")[-1]
+    assert summary.count("tiny/version_0") == 2 and "strict: vanishing" in captured.err
+
+
+def test_folder_without_event_files_is_one_line_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lstm_grad.diagnose", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "no TensorBoard event files" in done.stderr
