@@ -50,7 +50,7 @@ class ForecastMetrics(nn.Module):
 
     def update(self, pred: Tensor, actual: Tensor, anchor: Tensor) -> None:
         # pred, actual (B, H) prices; anchor (B,) last observed price
-        naive = anchor.unsqueeze(1).expand_as(actual)  # (B,) -> (B, H)
+        naive = anchor.unsqueeze(1).expand_as(actual).contiguous()  # (B,) -> (B, H); torchmetrics views it flat
         self.mae.update(pred, actual)
         self.mse.update(pred, actual)
         self.mape.update(pred, actual)

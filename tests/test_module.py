@@ -188,3 +188,22 @@ def test_reused_total_clips_exactly_like_lightning(tmp_path):
         weights[name] = torch.cat([p.detach().flatten() for p in trainer.lightning_module.parameters()])
     torch.testing.assert_close(weights["ours"], weights["lightning"], rtol=1e-6, atol=1e-7)
     assert not torch.allclose(weights["ours"], weights["unclipped"])
+
+
+def test_forecast_metrics_by_hand_with_horizon_3():
+    from lstm_grad.module import ForecastMetrics
+
+    anchor = torch.tensor([10.0, 20.0])  # last observed prices
+    actual = torch.tensor([[11.0, 9.0, 10.0], [22.0, 18.0, 21.0]])  # (B=2, H=3)
+    pred = torch.tensor([[12.0, 11.0, 9.0], [21.0, 19.0, 25.0]])
+    metrics = ForecastMetrics()
+    metrics.update(pred, actual, anchor)
+    got = {k: v.item() for k, v in metrics.compute().items()}
+    errors = [1, 2, 1, 1, 1, 4]  # |pred - actual|
+    naive_errors = [1, 1, 0, 2, 2, 1]  # |anchor - actual|
+    assert got["mae"] == pytest.approx(sum(errors) / 6)
+    assert got["naive_mae"] == pytest.approx(sum(naive_errors) / 6)
+    assert got["mase"] == pytest.approx(sum(errors) / sum(naive_errors))
+    # directions vs the anchor: (+,+) (-,+) skip(actual 0) (+,+) (-,-) (+,+) -> 4 of 5
+    assert got["dir_acc"] == pytest.approx(4 / 5)
+    assert got["mape"] == pytest.approx(100 * (1/11 + 2/9 + 1/10 + 1/22 + 1/18 + 4/21) / 6, rel=1e-5)

@@ -1,0 +1,125 @@
+"""Trivial forecasters on the model's own windows and metrics: persistence and a linear AR.
+
+Any network has to beat these on the same test targets before its architecture matters. Both work
+on a fitted :class:`~lstm_grad.data.GoldDataModule` (its ``datasets[split]`` windows, scaled targets
+and price anchors), so their numbers are comparable with ``LSTMForecaster``'s ``test/*`` metrics.
+Pure numpy: no Lightning, no new dependency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+AR_LAGS = (1, 2, 5, 10, 20, 60)  # candidate context lengths for the linear AR, chosen on val MAE
+
+
+def forecast_metrics(pred: np.ndarray, actual: np.ndarray, anchor: np.ndarray) -> dict[str, float]:
+    """Return the metrics of ``ForecastMetrics`` (module.py) for price forecasts, in numpy.
+
+    ``pred``, ``actual`` (N, H) prices, ``anchor`` (N,) last observed price. ``mae``/``mse`` in
+    price units, ``mape`` in percent, ``mase`` = MAE / persistence MAE on the same targets,
+    ``dir_acc`` = share of (window, step) pairs whose predicted change from the anchor has the
+    sign of the actual change, pairs without an actual change left out (NaN when none moved).
+
+    >>> m = forecast_metrics(np.array([[11.0], [9.0]]), np.array([[12.0], [8.0]]), np.array([10.0, 10.0]))
+    >>> {k: round(v, 4) for k, v in m.items()}
+    {'mae': 1.0, 'mse': 1.0, 'mape': 10.4167, 'mase': 0.5, 'naive_mae': 2.0, 'naive_mape': 20.8333, 'dir_acc': 1.0}
+    """
+    pred, actual = np.asarray(pred, dtype=float), np.asarray(actual, dtype=float)
+    naive = np.broadcast_to(np.asarray(anchor, dtype=float)[:, None], actual.shape)  # (N,) -> (N, H)
+    mae = float(np.mean(np.abs(pred - actual)))
+    naive_mae = float(np.mean(np.abs(naive - actual)))
+    moved = actual != naive
+    hits = np.sign(pred - naive) == np.sign(actual - naive)
+    return {
+        "mae": mae,
+        "mse": float(np.mean((pred - actual) ** 2)),
+        "mape": 100.0 * float(np.mean(np.abs(pred - actual) / np.abs(actual))),
+        "mase": mae / naive_mae,
+        "naive_mae": naive_mae,
+        "naive_mape": 100.0 * float(np.mean(np.abs(naive - actual) / np.abs(actual))),
+        "dir_acc": float(hits[moved].mean()) if moved.any() else float("nan"),
+    }
+
+
+def persistence_forecast(anchor: np.ndarray, horizon: int) -> np.ndarray:
+    """Return "every future day = the last observed price": (N,) -> (N, H) prices.
+
+    >>> persistence_forecast(np.array([5.0, 6.0]), 2).tolist()
+    [[5.0, 5.0], [6.0, 6.0]]
+    """
+    anchor = np.asarray(anchor, dtype=float)
+    return np.repeat(anchor[:, None], horizon, axis=1)
+
+
+def ar_design(windows: np.ndarray, lags: int) -> np.ndarray:
+    """Return the AR design matrix: the last ``lags`` days of every feature, flattened, and a 1.
+
+    ``windows`` (N, T, F) -> (N, lags * F + 1); oldest lag first, features of a day side by side.
+    """
+    n, t, f = windows.shape
+    if not 1 <= lags <= t:
+        raise ValueError(f"linear AR lags={lags} must be between 1 and the window length {t}")
+    recent = windows[:, t - lags:, :].reshape(n, lags * f)  # (N, lags, F) -> (N, lags * F)
+    return np.hstack([recent, np.ones((n, 1))])
+
+
+def fit_linear_ar(windows: np.ndarray, targets: np.ndarray, lags: int) -> np.ndarray:
+    """Fit targets (N, H) on the last ``lags`` days of the windows (N, T, F) by least squares.
+
+    Returns coefficients (lags * F + 1, H), the last row being the intercept: the minimum-norm
+    ``numpy.linalg.lstsq`` solution, one independent regression per horizon step.
+    """
+    coef, *_ = np.linalg.lstsq(ar_design(windows, lags), targets, rcond=None)
+    return coef
+
+
+def predict_linear_ar(coef: np.ndarray, windows: np.ndarray, lags: int) -> np.ndarray:
+    """Apply :func:`fit_linear_ar` coefficients: windows (N, T, F) -> (N, H) scaled targets."""
+    return ar_design(windows, lags) @ coef
+
+
+def _split_arrays(data: Any, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ds = data.datasets[split]
+    windows = ds.windows[ds.start].double().numpy()  # (N, T, F): one gather, float64 for lstsq
+    return windows, ds.targets.double().numpy(), ds.anchor.double().numpy()
+
+
+def _prices(data: Any, scaled: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+    return data.inverse_transform(torch.from_numpy(scaled), torch.from_numpy(anchor)).numpy()
+
+
+def baseline_forecasts(data: Any, lags_grid: Sequence[int] = AR_LAGS) -> dict[str, dict[str, Any]]:
+    """Forecast the test span of a set-up ``GoldDataModule`` with persistence and a linear AR.
+
+    The AR is fitted on the train windows in the data module's scaled target space (scaled price
+    for ``level``, scaled log return for ``log_return``) and its number of lags is chosen by val
+    MAE in price units; the test span is never used to choose. Returns ``{name: {"pred", "actual",
+    "anchor" (test prices), "metrics", "lags"}}`` for ``persistence`` and ``linear_ar``.
+    """
+    x_train, y_train, _ = _split_arrays(data, "train")
+    x_val, y_val, a_val = _split_arrays(data, "val")
+    x_test, y_test, a_test = _split_arrays(data, "test")
+    horizon = y_test.shape[1]
+    actual_val, actual = _prices(data, y_val, a_val), _prices(data, y_test, a_test)
+    best: tuple[float, int, np.ndarray] | None = None
+    for lags in (k for k in lags_grid if k <= x_train.shape[1]):
+        coef = fit_linear_ar(x_train, y_train, lags)
+        val_mae = float(np.mean(np.abs(_prices(data, predict_linear_ar(coef, x_val, lags), a_val) - actual_val)))
+        if best is None or val_mae < best[0]:
+            best = (val_mae, lags, coef)
+    if best is None:
+        raise ValueError(f"linear AR: no lag in {tuple(lags_grid)} fits a window of {x_train.shape[1]} days")
+    _, lags, coef = best
+    ar_pred = _prices(data, predict_linear_ar(coef, x_test, lags), a_test)
+    naive = persistence_forecast(a_test, horizon)
+    return {
+        "persistence": {"pred": naive, "actual": actual, "anchor": a_test, "lags": 0,
+                        "metrics": forecast_metrics(naive, actual, a_test)},
+        "linear_ar": {"pred": ar_pred, "actual": actual, "anchor": a_test, "lags": lags,
+                      "metrics": forecast_metrics(ar_pred, actual, a_test)},
+    }

@@ -1,0 +1,150 @@
+"""One ablation run (train, test, read its TensorBoard run back) and the baseline rows.
+
+Used by ``scripts/ablation.py``; each function returns plain ``runs.csv`` rows (dicts of str /
+float), so a worker process can send them back through a pipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lstm_grad.baselines import baseline_forecasts
+from lstm_grad.significance import diebold_mariano
+
+MAX_LAYERS = 4  # grad-norm columns lstm_0..lstm_3 (the recipe's nets have 3 or 4 recurrent layers)
+GRAD_COLUMNS = [f"grad_lstm_{i}_{when}" for when in ("epoch1", "end") for i in range(MAX_LAYERS)]
+COLUMNS = ["config", "seed", "horizon", "target_mode", "last_n_days", "max_epochs",
+           "mae", "mse", "mase", "dir_acc", "acc_100_minus_mape", "naive_mae",
+           "dm_sq_stat", "dm_sq_p", "dm_abs_stat", "dm_abs_p",
+           "epoch_time_s", "epochs", "best_epoch", "best_val_loss", *GRAD_COLUMNS,
+           "val_losses", "wall_s", "log_dir"]
+KEY = ("config", "seed", "horizon", "target_mode", "last_n_days", "max_epochs")
+BASELINES = ("persistence", "linear_ar")
+
+
+def run_key(row: dict[str, Any]) -> tuple[str, ...]:
+    """Identify a run by its settings, as strings (so CSV rows and planned runs compare equal)."""
+    return tuple(str(row[k]) for k in KEY)
+
+
+def quiet() -> None:
+    """Keep worker output to warnings and errors: sweeps print one line per finished run instead."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lstm_grad"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*(does not have many workers|LightningCLI's args|LeafSpec).*")
+
+
+def data_args(spec: dict[str, Any]) -> list[str]:
+    return ["--data.horizon", str(spec["horizon"]), "--data.target_mode", spec["target_mode"],
+            "--data.last_n_days", str(spec["last_n_days"])]
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Read every scalar of a TensorBoard run back as ``{tag: [(step, value), ...]}`` sorted by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: sorted((e.step, e.value) for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
+
+
+def grad_summary(scalars: dict[str, list[tuple[int, float]]], steps_per_epoch: int, epochs: int) -> dict[str, float]:
+    """Median logged ``grad_norm/lstm_i`` over epoch 1 and over the last epoch, per layer."""
+    row: dict[str, float] = {}
+    last_start = (epochs - 1) * steps_per_epoch
+    for i in range(MAX_LAYERS):
+        series = scalars.get(f"grad_norm/lstm_{i}", [])
+        first = [v for s, v in series if s < steps_per_epoch]
+        last = [v for s, v in series if s >= last_start]
+        row[f"grad_lstm_{i}_epoch1"] = statistics.median(first) if first else math.nan
+        row[f"grad_lstm_{i}_end"] = statistics.median(last) if last else math.nan
+    return row
+
+
+def dm_columns(pred: np.ndarray, actual: np.ndarray, naive: np.ndarray, horizon: int) -> dict[str, float]:
+    """Diebold–Mariano of a forecast against persistence, squared and absolute loss, HAC lag h-1."""
+    out: dict[str, float] = {}
+    for loss, tag in (("squared", "sq"), ("absolute", "abs")):
+        result = diebold_mariano(pred - actual, naive - actual, horizon=horizon, loss=loss)
+        out[f"dm_{tag}_stat"], out[f"dm_{tag}_p"] = result.stat, result.p_value
+    return out
+
+
+def train_run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Fit one config with one seed via ``lstm_grad.fit.run``; return its ``runs.csv`` row.
+
+    The TensorBoard run lands in ``{runs_dir}/{config}_h{H}_{mode}_n{days}/seed{seed}`` (removed
+    first, so an interrupted run never mixes event files); the test metrics are those of the best
+    checkpoint by ``val/loss``, the DM test uses that checkpoint's ``predictions.csv``.
+    """
+    from lstm_grad.fit import run
+
+    torch.set_num_threads(spec["threads"])
+    quiet()
+    name = f"{spec['config']}_h{spec['horizon']}_{spec['target_mode']}_n{spec['last_n_days']}"
+    version = f"seed{spec['seed']}"
+    run_dir = Path(spec["runs_dir"]) / name / version
+    shutil.rmtree(run_dir, ignore_errors=True)
+    args = ["--config", str(Path(spec["config_dir"]) / f"{spec['config']}.yaml"),
+            "--seed_everything", str(spec["seed"]), "--trainer.max_epochs", str(spec["max_epochs"]),
+            "--early_stopping.patience", str(spec["patience"]),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.logger.init_args.save_dir", str(spec["runs_dir"]),
+            "--trainer.logger.init_args.name", name, "--trainer.logger.init_args.version", version,
+            *data_args(spec), *spec["overrides"]]
+    start = time.perf_counter()
+    result = run(args)
+    wall = time.perf_counter() - start
+    metrics, trainer = result["metrics"], result["trainer"]
+    horizon = int(spec["horizon"])
+    frame = pd.read_csv(Path(result["log_dir"]) / "predictions.csv")  # window-major, step-minor rows
+    pred, actual, naive = (frame[c].to_numpy().reshape(-1, horizon) for c in ("predicted", "actual", "persistence"))
+    scalars = read_scalars(result["log_dir"])
+    val_losses = [v for _, v in scalars.get("val/loss", [])]
+    best = int(np.argmin(val_losses)) if val_losses else -1
+    row = {k: spec[k] for k in KEY}
+    row.update({
+        "mae": metrics["test/mae"], "mse": metrics["test/mse"], "mase": metrics["test/mase"],
+        "dir_acc": metrics["test/dir_acc"], "acc_100_minus_mape": 100.0 - metrics["test/mape"],
+        "naive_mae": metrics["test/naive_mae"], **dm_columns(pred, actual, naive, horizon),
+        "epoch_time_s": result["epoch_time_s"], "epochs": result["epochs"], "best_epoch": best + 1,
+        "best_val_loss": val_losses[best] if val_losses else math.nan,
+        **grad_summary(scalars, trainer.num_training_batches, result["epochs"]),
+        "val_losses": ";".join(f"{v:.6g}" for v in val_losses), "wall_s": wall, "log_dir": str(result["log_dir"]),
+    })
+    return row
+
+
+def baseline_rows(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Persistence and linear-AR rows for one (horizon, target mode, span), from the first config's data."""
+    from lstm_grad.cli import GoldCLI
+
+    quiet()
+    args = ["--config", str(Path(spec["config_dir"]) / f"{spec['config']}.yaml"), "--trainer.logger", "false",
+            *data_args(spec), *spec["overrides"]]
+    data = GoldCLI(args=args, run=False).datamodule
+    data.setup("fit")
+    horizon = int(spec["horizon"])
+    rows = []
+    for name, fc in baseline_forecasts(data).items():
+        m = fc["metrics"]
+        naive = np.repeat(fc["anchor"][:, None], horizon, axis=1)
+        dm = dm_columns(fc["pred"], fc["actual"], naive, horizon) if name != "persistence" else {}
+        row = {k: spec[k] for k in KEY}
+        row.update({"config": name, "seed": 0, "max_epochs": 0, "mae": m["mae"], "mse": m["mse"],
+                    "mase": m["mase"], "dir_acc": m["dir_acc"] if name != "persistence" else math.nan,
+                    "acc_100_minus_mape": 100.0 - m["mape"], "naive_mae": m["naive_mae"], **dm,
+                    "log_dir": f"linear AR lags={fc['lags']}" if name == "linear_ar" else ""})
+        rows.append(row)
+    return rows

@@ -1,0 +1,134 @@
+"""Depth / window sweep: where do gradients really vanish, and do the recipe's fixes cure it?
+
+Plain vs residual stacks, torch's default vs orthogonal init, depths ``--depths`` at window 60 and
+windows ``--windows`` at depth ``--sweep-depth``; narrow layers (``--sweep-width`` units), a few
+epochs, one seed, clipnorm 1.0 (``configs/clipped.yaml`` otherwise). Per run: the first / last
+recurrent layer gradient-norm ratio at the first step (before any update) and over the last epoch
+(median of per-step ratios), the time reach (oldest lag whose ‖∂L/∂x_t‖ is >= 1 % of the largest,
+on 256 fixed train windows) at init and at the end, and the test MASE of the final weights.
+Writes ``results/depth.csv``, ``results/depth.md`` and ``results/depth.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from ablation import read_rows, run_pool
+from ablation_runs import quiet
+
+VARIANTS = [("plain", "default"), ("plain", "orthogonal"), ("residual", "default"), ("residual", "orthogonal")]
+COLUMNS = ["variant", "depth", "window", "width", "epochs", "ratio_start", "ratio_end", "reach_start",
+           "reach_end", "test_mase", "test_mae", "epoch_time_s", "grad_first_start", "grad_last_start",
+           "grad_first_end", "grad_last_end", "log_dir"]
+
+
+class StepNorms(pl.Callback):
+    """Keep the module's per-layer gradient norms of every logged step (``log_every_n_steps=1``)."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if pl_module.last_grad_step == trainer.global_step - 1 and pl_module.last_grad_norms:
+            self.steps.append(dict(pl_module.last_grad_norms))
+
+
+def reach(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    from lstm_grad.gradients import time_grad_profile, time_reach
+
+    return time_reach(time_grad_profile(net, x, y))
+
+
+def sweep_run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one (variant, depth, window) for a few epochs; return its ``depth.csv`` row."""
+    from lstm_grad.callbacks import EpochTimer
+    from lstm_grad.cli import GoldCLI
+
+    torch.set_num_threads(spec["threads"])
+    quiet()
+    residual, init = spec["variant"].split("/")
+    depth, window, width = spec["depth"], spec["window"], spec["width"]
+    version = f"d{depth}_w{window}"
+    args = ["--config", str(Path(spec["config_dir"]) / "clipped.yaml"), "--seed_everything", str(spec["seed"]),
+            f"--model.hidden_sizes=[{','.join([str(width)] * depth)}]", "--model.residual", str(residual == "residual"),
+            "--model.init", init, "--data.window", str(window), "--trainer.max_epochs", str(spec["epochs"]),
+            "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--early_stopping.patience", "1000",
+            "--trainer.logger.init_args.save_dir", spec["runs_dir"],
+            "--trainer.logger.init_args.name", spec["variant"].replace("/", "_"),
+            "--trainer.logger.init_args.version", version]
+    cli = GoldCLI(args=args, run=False)
+    trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    norms = StepNorms()
+    trainer.callbacks.append(norms)
+    data.setup("fit")
+    train = data.datasets["train"]
+    idx = torch.arange(min(256, len(train)))
+    x, y = train.windows[train.start[idx]], train.targets[idx]  # (B, T, F), (B, H)
+    reach_start = reach(module.model, x, y)
+    trainer.fit(module, datamodule=data)
+    reach_end = reach(module.model, x, y)
+    metrics = trainer.test(module, datamodule=data, verbose=False)[0]
+    first, last = "lstm_0", f"lstm_{depth - 1}"
+    per_epoch = trainer.num_training_batches
+    tail = norms.steps[-per_epoch:]
+    timer = next(c for c in trainer.callbacks if isinstance(c, EpochTimer))
+    ratios = [s[first] / s[last] for s in tail if s[last] > 0]
+    return {
+        "variant": spec["variant"], "depth": depth, "window": window, "width": width, "epochs": spec["epochs"],
+        "ratio_start": norms.steps[0][first] / norms.steps[0][last] if norms.steps[0][last] > 0 else math.inf,
+        "ratio_end": statistics.median(ratios) if ratios else math.nan,
+        "reach_start": reach_start, "reach_end": reach_end,
+        "test_mase": float(metrics["test/mase"]), "test_mae": float(metrics["test/mae"]),
+        "epoch_time_s": statistics.median(timer.epoch_times),
+        "grad_first_start": norms.steps[0][first], "grad_last_start": norms.steps[0][last],
+        "grad_first_end": statistics.median(s[first] for s in tail),
+        "grad_last_end": statistics.median(s[last] for s in tail), "log_dir": trainer.log_dir,
+    }
+
+
+def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    shapes = [(d, 60) for d in args.depths] + [(args.sweep_depth, w) for w in args.windows if w != 60]
+    common = {"width": args.sweep_width, "epochs": args.sweep_epochs, "seed": args.sweep_seed,
+              "threads": args.threads, "config_dir": args.config_dir, "runs_dir": str(Path(args.runs_dir).parent / "depth")}
+    # deepest / longest first, so the slow runs do not end up alone at the tail of the pool
+    shapes.sort(key=lambda s: -s[0] * s[1])
+    return [{**common, "variant": f"{r}/{i}", "depth": d, "window": w} for d, w in shapes for r, i in VARIANTS]
+
+
+def key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row[k]) for k in ("variant", "depth", "window", "width", "epochs"))
+
+
+def run_depth_sweep(args: argparse.Namespace) -> None:
+    from ablation import write_rows_to
+    from depth_report import write_depth_report
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "depth.csv"
+    rows = {key(r): r for r in read_rows(path)}
+    specs = plan(args)
+    todo = [s for s in specs if key(s) not in rows]
+    print(f"depth sweep: {len(specs) - len(todo)} of {len(specs)} runs already in {path}; running {len(todo)}", flush=True)
+    started = time.perf_counter()
+
+    def done(row: dict[str, Any]) -> None:
+        rows[key(row)] = row
+        write_rows_to(path, rows.values(), COLUMNS)
+        print(f"[{time.perf_counter() - started:6.0f} s] {row['variant']:<20} depth {row['depth']:>2} window "
+              f"{row['window']:>3}: ratio {row['ratio_start']:.3g} -> {row['ratio_end']:.3g}, reach "
+              f"{row['reach_start']} -> {row['reach_end']}, MASE {row['test_mase']:.2f}", flush=True)
+
+    run_pool(sweep_run, todo, args.workers, done)
+    wanted = {key(s) for s in specs}
+    paths = write_depth_report([r for k, r in rows.items() if k in wanted], out, args)
+    print("wrote " + ", ".join(str(p) for p in paths), flush=True)

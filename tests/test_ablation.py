@@ -1,0 +1,76 @@
+"""scripts/ablation.py end to end on a tiny span: rows, columns, persistence by hand, resume."""
+
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lstm_grad.data import load_series
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+REQUIRED = ["config", "seed", "horizon", "target_mode", "mae", "mase", "dir_acc", "epoch_time_s", "best_epoch"]
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    sys.path.insert(0, str(SCRIPTS))
+    import ablation
+
+    return ablation
+
+
+def tiny_args(tmp_path: Path) -> list[str]:
+    return ["--configs", "baseline", "residual", "--seeds", "1", "--max-epochs", "1", "--last-n-days", "300",
+            "--set", "model.hidden_sizes=[8]", "--set", "data.window=20", "--workers", "1", "--threads", "1",
+            "--config-dir", str(SCRIPTS.parent / "configs"), "--out", str(tmp_path / "results"),
+            "--runs-dir", str(tmp_path / "runs")]
+
+
+@pytest.mark.slow
+def test_tiny_ablation_end_to_end(tmp_path, ablation):
+    cpu = time.process_time()
+    assert ablation.main(tiny_args(tmp_path)) == 0
+    # CPU seconds, not wall: on a shared 2-core machine wall time measures the neighbours
+    assert time.process_time() - cpu < 20
+    out = tmp_path / "results"
+    with (out / "runs.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert set(REQUIRED) <= set(rows[0])
+    assert sorted(r["config"] for r in rows) == ["baseline", "linear_ar", "persistence", "residual"]
+    assert all(r["horizon"] == "1" and r["target_mode"] == "level" for r in rows)
+
+    # persistence by hand: last 300 days, split 70/10/20 by target row -> test targets are rows 240..299
+    gold = load_series("embedded")["gold"].to_numpy()[-300:]
+    hand = np.mean(np.abs(gold[240:] - gold[239:-1]))
+    by_config = {r["config"]: r for r in rows}
+    assert math.isclose(float(by_config["persistence"]["mae"]), hand, rel_tol=1e-5)
+    assert float(by_config["persistence"]["mase"]) == 1.0
+    for name in ("baseline", "residual"):
+        row = by_config[name]
+        assert math.isclose(float(row["naive_mae"]), hand, rel_tol=1e-5)  # same test targets as the models
+        assert math.isclose(float(row["mase"]), float(row["mae"]) / hand, rel_tol=1e-4)
+        assert row["best_epoch"] == "1" and float(row["epoch_time_s"]) > 0
+        assert 0 <= float(row["dm_sq_p"]) <= 1 and Path(row["log_dir"], "predictions.csv").exists()
+    page = (out / "ablation.md").read_text()
+    assert "| persistence | 1 |" in page and "47.23 → 12.84" in page
+    assert (out / "ablation.png").stat().st_size > 0
+
+    # resumable: a second call finds every run in runs.csv and trains nothing
+    before = (out / "runs.csv").read_text()
+    assert ablation.main(tiny_args(tmp_path)) == 0
+    assert (out / "runs.csv").read_text() == before
+
+
+def test_atomic_rows_and_keys(tmp_path, ablation):
+    table = ablation.RunTable(tmp_path / "runs.csv")
+    row = {"config": "baseline", "seed": 0, "horizon": 1, "target_mode": "level", "last_n_days": 300,
+           "max_epochs": 1, "mae": 1.5}
+    assert row not in table
+    table.add(row)
+    again = ablation.RunTable(tmp_path / "runs.csv")
+    assert row in again and {**row, "seed": 1} not in again
+    assert not (tmp_path / "runs.csv.tmp").exists()
