@@ -37,6 +37,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import Sampler
 
 DATA_STATE_KEY = "GoldDataModule"  # Lightning stores a DataModule's state under its class name
@@ -91,6 +92,31 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` really is written every epoch when ``save_last=True``.
+
+    Lightning 2.6.6 (``pytorch/callbacks/model_checkpoint.py``, ``on_validation_end`` and
+    ``on_train_epoch_end``) writes ``last.ckpt`` only in a step where a top-k checkpoint was written,
+    i.e. only when ``val/loss`` improved: a run killed after three epochs without improvement would
+    resume three epochs back. After Lightning's own save this writes ``last.ckpt`` if it did not.
+    """
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._write_last(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._write_last(trainer)
+
+    def _write_last(self, trainer: pl.Trainer) -> None:
+        # skipped when a checkpoint (and so last.ckpt) was already written at this global step
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class EpochShuffle(Sampler[int]):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lstm_grad.callbacks import EpochTimer, GradientMonitor, PredictionWriter, TimeGradientProbe
@@ -54,7 +54,7 @@ class GoldCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.n_features", "model.n_features", apply_on="instantiate")
         parser.link_arguments("data.horizon", "model.horizon", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(checkpoints.EpochCheckpoint, "checkpoint")  # last.ckpt every epoch
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
             "checkpoint.mode": "min",
@@ -90,7 +90,7 @@ class GoldCLI(LightningCLI):
                 init.version = version
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """Build the Trainer with atomic checkpoint writes and RNG state in checkpoints."""
+        """Build the Trainer with atomic checkpoint writes and per-epoch reseeding (exact resume)."""
         return checkpoints.install(super().instantiate_trainer(**kwargs))
 
 

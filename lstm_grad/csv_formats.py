@@ -51,7 +51,7 @@ def read_csv_table(path: str | os.PathLike, *, date_column: str | None = None,
     if not numbered:
         raise DataError(f"{path}: file is empty; export the price history again")
     delimiter = _sniff_delimiter(numbered[0][1])
-    rows = [[cell.strip() for cell in row] for row in csv.reader([t for _, t in numbered], delimiter=delimiter)]
+    rows = [_split_line(t, n, delimiter, path) for n, t in numbered]  # one row per line, even with a stray quote
     line_of = np.array([n for n, _ in numbered])
     n_header = _count_header_rows(rows)
     width = max(len(r) for r in rows[: max(n_header, 1)])
@@ -78,6 +78,14 @@ def read_csv_table(path: str | os.PathLike, *, date_column: str | None = None,
                 values[name] = parsed
     frame = pd.DataFrame(values, index=pd.RangeIndex(len(table)), dtype="float64")
     return RawTable(dates=dates, values=frame, lines=lines, date_column=names[date_idx])
+
+
+def _split_line(text: str, number: int, delimiter: str, path: Path) -> list[str]:
+    """Split one line into stripped cells; an unclosed quote ends at the line's end, not the file's."""
+    try:
+        return [cell.strip() for cell in next(csv.reader([text], delimiter=delimiter), [])]
+    except csv.Error as error:  # e.g. a NUL byte
+        raise DataError(f"{path}: line {number}: cannot split into cells ({error}); fix or delete the line") from None
 
 
 def _decode(raw: bytes) -> str:

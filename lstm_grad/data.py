@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lstm_grad.checkpoints import EpochShuffle
 from lstm_grad.data_errors import LOG, DataError
 from lstm_grad.features import (N_DEFAULT_FEATURES, build_features, check_features, default_features,
                                 default_target, parse_feature, require_positive)
@@ -137,6 +138,7 @@ class GoldDataModule(L.LightningDataModule):
         self.datasets: dict[str, GoldWindows] = {}
         self._stats: dict[str, Any] | None = None
         self._raw: dict[str, Any] | None = None
+        self._shuffle_seed = torch.initial_seed()  # set by seed_everything before the CLI builds us
 
     @property
     def n_features(self) -> int:
@@ -273,8 +275,11 @@ class GoldDataModule(L.LightningDataModule):
     def _loader(self, name: str, shuffle: bool = False) -> DataLoader:
         if name not in self.datasets:
             raise RuntimeError(f"GoldDataModule.{name}_dataloader needs setup() first")
-        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, collate_fn=keep_batch,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        sampler = None
+        if shuffle and not (self.trainer is not None and self.trainer.world_size > 1):  # DDP: DistributedSampler
+            sampler, shuffle = EpochShuffle(len(self.datasets[name]), self._shuffle_seed), False  # exact resume
+        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
+                          collate_fn=keep_batch, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -34,10 +34,11 @@ class TimeGradientProbe(pl.Callback):
         probe_size: windows in the probe batch (taken once, from the validation loader).
         lags: lags logged as scalars; lags beyond the window are skipped.
         fraction: share of the largest gradient that still counts as reached.
-        log_figure: also log the profile as a TensorBoard figure.
+        log_figure: also log the last profile as a TensorBoard figure when training ends (once per
+            run: drawing one costs more than the probe itself).
     """
 
-    def __init__(self, every_n_epochs: int = 1, probe_size: int = 64,
+    def __init__(self, every_n_epochs: int = 1, probe_size: int = 16,
                  lags: Sequence[int] = (1, 10, 30, 60), fraction: float = 0.01, log_figure: bool = True) -> None:
         if every_n_epochs < 0 or probe_size < 1 or not 0 < fraction < 1 or min(lags, default=1) < 1:
             raise ValueError(f"need every_n_epochs >= 0, probe_size >= 1, 0 < fraction < 1 and lags >= 1; got "
@@ -46,6 +47,7 @@ class TimeGradientProbe(pl.Callback):
         self.lags, self.fraction, self.log_figure = tuple(lags), fraction, log_figure
         self.batch: tuple[Tensor, Tensor] | None = None
         self.last: dict[str, float] = {}
+        self.last_step = 0
         self.profile: Tensor | None = None
 
     def _take_batch(self, trainer: pl.Trainer) -> tuple[Tensor, Tensor]:
@@ -63,7 +65,7 @@ class TimeGradientProbe(pl.Callback):
         return torch.cat(xs), torch.cat(ys)  # (N, T, F), (N, H)
 
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Run the probe now and log it; return the logged scalars."""
+        """Run the probe now and log its scalars; return them."""
         if self.batch is None:
             self.batch = self._take_batch(trainer)
         x, y = (t.to(pl_module.device) for t in self.batch)
@@ -76,14 +78,9 @@ class TimeGradientProbe(pl.Callback):
         scalars = {k: v for k, v in scalars.items() if v is not None}
         scalars["grad_time/reach"] = float(time_reach(profile_list, self.fraction))
         scalars.update({f"grad_act/{name}": v for name, v in zip(acts, act_values)})
-        self.last = scalars
+        self.last, self.last_step = scalars, trainer.global_step
         if trainer.logger is not None:
             trainer.logger.log_metrics(scalars, step=trainer.global_step)
-            experiment = getattr(trainer.logger, "experiment", None)
-            if self.log_figure and hasattr(experiment, "add_figure"):
-                experiment.add_figure("grad_time/profile", profile_figure(self.profile, scalars["grad_time/reach"],
-                                                                          trainer.global_step),
-                                      global_step=trainer.global_step)
         return scalars
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -93,6 +90,14 @@ class TimeGradientProbe(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0 and trainer.is_global_zero:
             self.probe(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draw the last probe's profile (the scalars above track it every epoch)."""
+        experiment = getattr(trainer.logger, "experiment", None)
+        if (self.every_n_epochs and trainer.is_global_zero and self.log_figure and self.profile is not None
+                and hasattr(experiment, "add_figure")):
+            figure = profile_figure(self.profile, self.last["grad_time/reach"], self.last_step)
+            experiment.add_figure("grad_time/profile", figure, global_step=self.last_step)
 
 
 def profile_figure(profile: Tensor, reach: float, step: int) -> Any:

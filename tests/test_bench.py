@@ -1,0 +1,89 @@
+"""scripts/bench.py: the pure helpers are right; a tiny run yields the JSON keys. No timed assertions."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+from bench import (HEADLINE, BenchConfig, Timing, compare, fit_exponent, gemm_flops, gemm_shapes,  # noqa: E402
+                   interleave, lstm_gate_flops, summary, table, tensor_bytes, verdict)
+
+
+def test_gate_flops_by_hand():
+    # layer 0: 5 -> 3, layer 1: 3 -> 2; window 4; 4 gates; 2 FLOPs (multiply + add) per weight per step
+    layer0 = 2 * 4 * (4 * 3) * (5 + 3)  # = 768
+    layer1 = 2 * 4 * (4 * 2) * (3 + 2)  # = 320
+    assert lstm_gate_flops(5, [3, 2], window=4) == layer0 + layer1 == 1088
+    assert lstm_gate_flops(5, [3], window=4, cell="gru") == 2 * 4 * (3 * 3) * (5 + 3)
+
+
+def test_gate_flops_match_the_weights_of_a_real_lstm():
+    # forward gate FLOPs of one window = 2 * T * (number of gate weights); count them on nn.LSTM itself
+    from lstm_grad.model import ResidualLSTM
+
+    net = ResidualLSTM(5, hidden_sizes=(8, 6), residual=False)
+    weights = sum(getattr(layer, w).numel() for layer in net.recurrent_layers() for w in ("weight_ih_l0", "weight_hh_l0"))
+    assert lstm_gate_flops(5, [8, 6], window=7) == 2 * 7 * weights
+
+
+def test_gemm_shapes_are_three_forwards():
+    shapes = gemm_shapes(5, [8, 6], window=7, batch=3)
+    assert gemm_flops(shapes) == 3 * 3 * lstm_gate_flops(5, [8, 6], window=7)
+    assert gemm_flops([(2, 3, 4, 5)]) == 2 * 2 * 3 * 4 * 5
+
+
+def test_fit_exponent_on_synthetic_timings():
+    xs = [1247, 2500, 5000, 9132]
+    assert fit_exponent(xs, [0.002 * x for x in xs]) == pytest.approx(1.0)
+    assert fit_exponent(xs, [3e-7 * x ** 1.5 for x in xs]) == pytest.approx(1.5)
+    assert fit_exponent([30, 60, 120, 240], [0.7, 1.4, 2.8, 5.6]) == pytest.approx(1.0)
+
+
+def test_summary_and_compare_use_medians():
+    runs = {"a": [Timing(w, w / 2) for w in (2.0, 4.0, 3.0)], "b": [Timing(w, w / 2) for w in (1.0, 2.0, 9.0)]}
+    out = compare(runs, "a", "b", "wall")
+    assert out["a"]["median"] == 3.0 and out["b"]["median"] == 2.0 and out["ratio"] == 1.5
+    assert out["a"]["cpu_median"] == 1.5
+    assert out["pair_ratios"]["runs"] == [2.0, 2.0, 3.0 / 9.0]
+    assert summary([5, 1, 3]) == {"min": 1.0, "median": 3.0, "max": 5.0, "runs": [5.0, 1.0, 3.0]}
+
+
+def test_interleave_runs_a_b_a_b_after_warmup():
+    order = []
+    runs = interleave({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2, warmup=1)
+    assert order == ["a", "b"] * 3 and [len(v) for v in runs.values()] == [2, 2]
+
+
+def test_tensor_bytes_counts_views_once():
+    series = torch.zeros(100, 5)
+    windows = series.unfold(0, 60, 1).transpose(1, 2)  # 41 windows of 60 rows, a view
+    assert tensor_bytes([series, windows, series[10:]]) == 100 * 5 * 4
+
+
+def test_verdicts_and_table():
+    assert {"lightning_vs_loop", "grad_norm_overhead", "diagnostics_overhead", "gemm_fraction"} <= set(HEADLINE)
+    assert verdict("lightning_vs_loop", 1.02) == "ok" and verdict("lightning_vs_loop", 1.2) == "MISS"
+    assert verdict("gemm_fraction", 0.95) == "ok" and verdict("gemm_fraction", 0.5) == "MISS"
+    assert verdict("grad_norm_overhead", None) == "n/a"
+    text = table({"lightning_vs_loop": 1.01, "spread": {"lightning_vs_loop": summary([1.0, 1.01, 1.02])}})
+    assert "| lightning_vs_loop | 1 | 1.01 | 1 / 1.01 / 1.02 | <= 1.03 | ok |" in text
+
+
+def test_tiny_run_writes_the_json_keys():
+    from bench_items import run_bench
+
+    cfg = BenchConfig(last_n_days=300, window=10, hidden_sizes=(8,), repeats=1, warmup=0, items=(4, 5))
+    result = json.loads(json.dumps(run_bench(cfg, log=lambda msg: None), default=str))
+    assert result["gemm_fraction"] > 0 and math.isfinite(result["gemm_fraction"])
+    gemm = result["items"]["gemm"]
+    assert set(gemm["achieved_gflops"]) == {"min", "median", "max", "runs"}
+    data = result["items"]["data"]
+    assert data["days"] > 9000 and data["copies_of_series"] < 2  # windows are views, not copies
+    assert data["bytes_if_windows_copied"] > 0.9 * cfg.window * data["series_bytes"]  # one copy per window

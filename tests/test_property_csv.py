@@ -1,0 +1,153 @@
+"""Property: on any bytes or small table, ``load_series`` returns a clean frame or raises DataError.
+
+Nothing else may escape (no ``KeyError``, ``IndexError``, pandas ``ParserError``, ``OverflowError`` ...):
+the CLI turns DataError into one line, anything else would be a traceback for the user.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from lstm_grad.data import DataError, GoldDataModule, load_series
+
+FOLDER = Path(tempfile.mkdtemp(prefix="property_csv_"))
+EXAMPLES = int(os.environ.get("LSTM_GRAD_EXAMPLES", "250"))  # a deeper search: LSTM_GRAD_EXAMPLES=5000
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+POLICIES = st.fixed_dictionaries({
+    "missing": st.sampled_from(["ffill", "drop", "error"]),
+    "duplicates": st.sampled_from(["error", "last"]),
+    "dayfirst": st.booleans(),
+    "date_column": st.sampled_from([None, None, None, "Date", "nope"]),
+    "target": st.sampled_from([None, None, None, "Close", "Price", "price"]),
+    "last_n_days": st.sampled_from([None, None, 1, 3]),
+})
+
+HEADERS = [
+    ["Date", "Open", "High", "Low", "Close", "Adj Close", "Volume"],  # Yahoo
+    ['"Date"', '"Price"', '"Open"', '"High"', '"Low"', '"Vol."', '"Change %"'],  # Investing.com
+    ["date", "price"],  # plain
+    ["observation_date", "GOLDAMGBD228NLBM"],  # FRED
+    [],  # headerless
+    ["Price", "Close"],  # yfinance's first of three header rows, width chosen below
+]
+DATES = st.one_of(
+    st.dates(min_value=pd.Timestamp("1900-01-01").date(), max_value=pd.Timestamp("2100-12-31").date()).flatmap(
+        lambda d: st.sampled_from([d.isoformat(), d.strftime("%m/%d/%Y"), d.strftime("%d/%m/%Y"),
+                                   d.strftime("%Y/%m/%d"), d.strftime("%b %d, %Y"), d.strftime("%d-%b-%y"),
+                                   f"{d.isoformat()} 00:00:00-05:00", d.strftime("%m/%d/%y"), d.strftime("%d.%m.%Y")])),
+    st.sampled_from(["2024-02-30", "13/13/2024", "0000-00-00", "", "Date", "Highest: 2,100.00", "29/02/2023",
+                     "99999-01-01", "2024-01-01T25:00", "1/1/1", "2024-1-1", "\ufeff2024-01-02"]),
+    st.text(max_size=12),
+)
+NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.floats(min_value=-1e6, max_value=1e6).map(lambda v: f"{v:,.2f}"),
+    st.integers(-10**30, 10**30).map(str),
+    st.sampled_from(["nan", "NaN", "inf", "-inf", "Infinity", "1e400", "-1e400", "", "null", ".", "-", "--", "N/A",
+                     "12.5K", "1.2M", "3B", "-0.35%", "2.063,70", "$1,234.5", "€12", "1 234,5", "0", "-0",
+                     "1e-400", "0x10", "1_000", "١٢٣", "12.5KK", "%", "K", ",", "1,2,3", "'", '"', "1e", "e5"]),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=8),
+)
+CELL = st.one_of(NUMBERS, DATES)
+DELIMITERS = st.sampled_from([",", ";", "\t"])
+
+
+@st.composite
+def tables(draw) -> bytes:
+    """A small CSV shaped like a real export, with random (often broken) cells."""
+    header = draw(st.sampled_from(HEADERS))
+    width = len(header) or draw(st.integers(1, 4))
+    if header[:1] == ["Price"]:
+        width = draw(st.integers(2, 4))
+    delimiter = draw(DELIMITERS)
+    n_rows = draw(st.integers(0, 14))
+    dates = draw(st.lists(DATES, min_size=n_rows, max_size=n_rows))
+    if dates and draw(st.booleans()):  # shuffled and duplicated dates
+        dates = draw(st.permutations(dates + dates[: draw(st.integers(0, 3))]))
+    rows = [[d] + draw(st.lists(NUMBERS, min_size=width - 1, max_size=width - 1)) for d in dates]
+    if rows and draw(st.booleans()):  # ragged rows
+        i = draw(st.integers(0, len(rows) - 1))
+        rows[i] = rows[i][: draw(st.integers(0, width + 2))] + draw(st.lists(CELL, max_size=2))
+    lines = []
+    if header[:1] == ["Price"]:  # yfinance: fields, Ticker, Date rows
+        lines += [delimiter.join(["Price"] + ["Close"] * (width - 1)), delimiter.join(["Ticker"] + ["GC=F"] * (width - 1)),
+                  delimiter.join(["Date"] + [""] * (width - 1))]
+    elif header:
+        lines.append(delimiter.join(header))
+    lines += [delimiter.join(r) for r in rows]
+    if draw(st.booleans()):
+        lines.reverse()  # newest first, header last: also a broken file
+        lines.insert(0, lines.pop()) if header else None
+    text = draw(st.sampled_from(["\n", "\r\n"])).join(lines) + draw(st.sampled_from(["", "\n", "\n\n"]))
+    encoding = draw(st.sampled_from(["utf-8", "utf-8-sig", "latin-1", "utf-16"]))
+    return text.encode(encoding, errors="replace")
+
+
+def check(content: bytes, policies: dict) -> None:
+    path = FOLDER / "input.csv"
+    path.write_bytes(content)
+    try:
+        frame = load_series(path, **policies)
+    except DataError as error:
+        assert "\n" not in str(error).strip(), "an error message is one line"
+        return
+    assert isinstance(frame.index, pd.DatetimeIndex) and frame.index.name == "date"
+    assert len(frame) >= 1 and frame.shape[1] >= 1
+    assert frame.index.is_monotonic_increasing and frame.index.is_unique
+    values = frame.to_numpy()
+    assert values.dtype == np.float64 and np.isfinite(values).all()
+
+
+@SETTINGS
+@given(content=st.binary(max_size=300), policies=POLICIES)
+@example(content=b"", policies={})
+@example(content=b"\xff\xfe", policies={})
+@example(content=b"\x00\x00\x00", policies={})
+@example(content=b"date,price\n", policies={})
+@example(content=b"date,price\n2024-01-01,nan\n", policies={})
+@example(content=b"date,price\n2024-01-01,inf\n", policies={})
+@example(content=b"2024-01-01\n", policies={})
+@example(content=b'"', policies={})
+def test_arbitrary_bytes_give_a_frame_or_data_error(content, policies):
+    check(content, policies)
+
+
+@SETTINGS
+@given(content=tables(), policies=POLICIES)
+def test_arbitrary_small_tables_give_a_frame_or_data_error(content, policies):
+    check(content, policies)
+
+
+@settings(max_examples=EXAMPLES // 6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(content=tables(), window=st.integers(1, 4), horizon=st.integers(1, 3),
+       target_mode=st.sampled_from(["level", "log_return"]))
+def test_data_module_setup_gives_windows_or_data_error(content, window, horizon, target_mode):
+    path = FOLDER / "setup.csv"
+    path.write_bytes(content)
+    data = GoldDataModule(source=str(path), last_n_days=None, window=window, horizon=horizon,
+                          target_mode=target_mode, batch_size=4)
+    try:
+        data.setup("fit")
+    except DataError:
+        return
+    assert all(len(ds) > 0 for ds in data.datasets.values())
+
+
+@pytest.mark.parametrize("content", [b"date,price\n2024-01-01,1\n2024-01-01,2\n", b"a\n" * 3])
+def test_known_bad_files_raise_data_error(content):
+    with pytest.raises(DataError):
+        load_series(_write(content))
+
+
+def _write(content: bytes) -> Path:
+    path = FOLDER / "known.csv"
+    path.write_bytes(content)
+    return path
