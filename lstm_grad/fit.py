@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from lstm_grad.callbacks import EpochTimer
+from lstm_grad.callbacks import EpochTimer, GradientMonitor
 from lstm_grad.cli import GoldCLI, run_guarded
 
 
@@ -55,6 +55,11 @@ def run(args: Sequence[str] | None = None) -> dict[str, Any]:
     cli = FitCLI(args=args, run=False)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"), weights_only=True)
+    monitor = next((c for c in trainer.callbacks if isinstance(c, GradientMonitor)), None)
+    if monitor is not None and monitor.nonfinite is not None and monitor.on_nonfinite == "stop":
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written"
+        raise FloatingPointError(f"training stopped early on a non-finite gradient (see the message above), so "
+                                 f"there are no test results; last finite checkpoint: {last}")
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = best or None
     tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, weights_only=True)

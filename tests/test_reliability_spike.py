@@ -66,7 +66,9 @@ def test_spike_with_huge_learning_rates_ends_clearly_with_finite_checkpoints(tmp
     assert checkpoint["epoch"] == 2 and finite(checkpoint)
 
     process, out, err = done["nonfinite"]
-    assert process.returncode == 0, err[-2000:]
+    assert process.returncode == 1, err[-2000:]  # no results table after a non-finite stop
+    assert err.rstrip().splitlines()[-1].startswith("error: training stopped early on a non-finite gradient")
+    assert "| model" not in out
     messages = [line for line in err.splitlines() if "non-finite gradient at step" in line]
     assert len(messages) == 1, err[-2000:]  # one message, not one per step
     assert re.search(r"non-finite gradient at step \d+ \(epoch 0\) in layer lstm_0", messages[0])
