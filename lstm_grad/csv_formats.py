@@ -46,7 +46,7 @@ def read_csv_table(path: str | os.PathLike, *, date_column: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; check data.source (a CSV path or 'embedded')")
-    text = _decode(path.read_bytes())
+    text = _decode(path.read_bytes(), path)
     numbered = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
     if not numbered:
         raise DataError(f"{path}: file is empty; export the price history again")
@@ -88,10 +88,14 @@ def _split_line(text: str, number: int, delimiter: str, path: Path) -> list[str]
         raise DataError(f"{path}: line {number}: cannot split into cells ({error}); fix or delete the line") from None
 
 
-def _decode(raw: bytes) -> str:
+def _decode(raw: bytes, path: Path) -> str:
     """Strip a UTF-8 BOM (Investing.com writes one); fall back to latin-1 for old exports."""
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return raw.decode("utf-16")
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: starts like a UTF-16 file but byte {error.start} cannot be decoded "
+                            f"({error.reason}); save it again as UTF-8 CSV") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -132,6 +132,10 @@ def _handle_missing(frame: pd.DataFrame, lines: np.ndarray | None, policy: str, 
     if not isna.any():
         return frame
     rows_with_na = isna.any(axis=1)
+    empty = np.flatnonzero(isna.all(axis=0))
+    if len(empty):
+        raise DataError(f"{where}: column '{frame.columns[empty[0]]}' has no values; fix the file or choose "
+                        "another column with data.target")
     if policy == "error":
         i, j = map(int, np.argwhere(isna)[0])
         raise DataError(f"{where}: column '{frame.columns[j]}', {_where_row(lines, frame.index, i)}: missing value; "
