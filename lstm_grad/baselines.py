@@ -3,7 +3,7 @@
 Any network has to beat these on the same test targets before its architecture matters. Both work
 on a fitted :class:`~lstm_grad.data.GoldDataModule` (its ``datasets[split]`` windows, scaled targets
 and price anchors), so their numbers are comparable with ``LSTMForecaster``'s ``test/*`` metrics.
-Pure numpy: no Lightning, no new dependency.
+Numpy plus the models' own ``ForecastMetrics``: no Lightning, no new dependency.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from lstm_grad.metrics import ForecastMetrics
+
 AR_LAGS = (1, 2, 5, 10, 20, 60)  # candidate context lengths for the linear AR, chosen on val MAE
 
 
 def forecast_metrics(pred: np.ndarray, actual: np.ndarray, anchor: np.ndarray) -> dict[str, float]:
-    """Return the metrics of ``ForecastMetrics`` (module.py) for price forecasts, in numpy.
+    """Return ``ForecastMetrics``' values (the models' own metrics) for numpy price forecasts.
 
     ``pred``, ``actual`` (N, H) prices, ``anchor`` (N,) last observed price. ``mae``/``mse`` in
     price units, ``mape`` in percent, ``mase`` = MAE / persistence MAE on the same targets,
@@ -29,21 +31,11 @@ def forecast_metrics(pred: np.ndarray, actual: np.ndarray, anchor: np.ndarray) -
     >>> {k: round(v, 4) for k, v in m.items()}
     {'mae': 1.0, 'mse': 1.0, 'mape': 10.4167, 'mase': 0.5, 'naive_mae': 2.0, 'naive_mape': 20.8333, 'dir_acc': 1.0}
     """
-    pred, actual = np.asarray(pred, dtype=float), np.asarray(actual, dtype=float)
-    naive = np.broadcast_to(np.asarray(anchor, dtype=float)[:, None], actual.shape)  # (N,) -> (N, H)
-    mae = float(np.mean(np.abs(pred - actual)))
-    naive_mae = float(np.mean(np.abs(naive - actual)))
-    moved = actual != naive
-    hits = np.sign(pred - naive) == np.sign(actual - naive)
-    return {
-        "mae": mae,
-        "mse": float(np.mean((pred - actual) ** 2)),
-        "mape": 100.0 * float(np.mean(np.abs(pred - actual) / np.abs(actual))),
-        "mase": mae / naive_mae,
-        "naive_mae": naive_mae,
-        "naive_mape": 100.0 * float(np.mean(np.abs(naive - actual) / np.abs(actual))),
-        "dir_acc": float(hits[moved].mean()) if moved.any() else float("nan"),
-    }
+    metrics = ForecastMetrics()
+    for metric in metrics.children():
+        metric.set_dtype(torch.float64)  # the baselines are float64 numpy; keep their precision
+    metrics.update(*(torch.as_tensor(np.asarray(a, dtype=float)) for a in (pred, actual, anchor)))
+    return {k: float(v) for k, v in metrics.compute().items()}
 
 
 def persistence_forecast(anchor: np.ndarray, horizon: int) -> np.ndarray:
