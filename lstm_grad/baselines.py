@@ -25,16 +25,15 @@ def forecast_metrics(pred: np.ndarray, actual: np.ndarray, anchor: np.ndarray) -
     ``pred``, ``actual`` (N, H) prices, ``anchor`` (N,) last observed price. ``mae``/``mse`` in
     price units, ``mape`` in percent, ``mase`` = MAE / persistence MAE on the same targets,
     ``dir_acc`` = share of (window, step) pairs whose predicted change from the anchor has the
-    sign of the actual change, pairs without an actual change left out (NaN when none moved).
+    sign of the actual change, pairs whose actual price equals the anchor left out (NaN when none
+    moved): pass raw prices, not prices rebuilt from scaled targets.
 
     >>> m = forecast_metrics(np.array([[11.0], [9.0]]), np.array([[12.0], [8.0]]), np.array([10.0, 10.0]))
     >>> {k: round(v, 4) for k, v in m.items()}
     {'mae': 1.0, 'mse': 1.0, 'mape': 10.4167, 'mase': 0.5, 'naive_mae': 2.0, 'naive_mape': 20.8333, 'dir_acc': 1.0}
     """
-    metrics = ForecastMetrics()
-    for metric in metrics.children():
-        metric.set_dtype(torch.float64)  # the baselines are float64 numpy; keep their precision
-    metrics.update(*(torch.as_tensor(np.asarray(a, dtype=float)) for a in (pred, actual, anchor)))
+    metrics = ForecastMetrics()  # float64 throughout, as the models' own
+    metrics.update(*(torch.as_tensor(np.asarray(a, dtype=np.float64)) for a in (pred, actual, anchor)))
     return {k: float(v) for k, v in metrics.compute().items()}
 
 
@@ -75,10 +74,12 @@ def predict_linear_ar(coef: np.ndarray, windows: np.ndarray, lags: int) -> np.nd
     return ar_design(windows, lags) @ coef
 
 
-def _split_arrays(data: Any, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _split_arrays(data: Any, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return windows (N, T, F), scaled targets (N, H), raw anchor (N,) and raw actual prices (N, H)."""
     ds = data.datasets[split]
     windows = ds.windows[ds.start].double().numpy()  # (N, T, F): one gather, float64 for lstsq
-    return windows, ds.targets.double().numpy(), ds.anchor.double().numpy()
+    anchor, actual = data.window_prices(split, torch.arange(len(ds)))  # raw float64 prices
+    return windows, ds.targets.double().numpy(), anchor.numpy(), actual.numpy()
 
 
 def _prices(data: Any, scaled: np.ndarray, anchor: np.ndarray) -> np.ndarray:
@@ -91,13 +92,12 @@ def baseline_forecasts(data: Any, lags_grid: Sequence[int] = AR_LAGS) -> dict[st
     The AR is fitted on the train windows in the data module's scaled target space (scaled price
     for ``level``, scaled log return for ``log_return``) and its number of lags is chosen by val
     MAE in price units; the test span is never used to choose. Returns ``{name: {"pred", "actual",
-    "anchor" (test prices), "metrics", "lags"}}`` for ``persistence`` and ``linear_ar``.
+    "anchor" (test prices: raw float64), "metrics", "lags"}}`` for ``persistence`` and ``linear_ar``.
     """
-    x_train, y_train, _ = _split_arrays(data, "train")
-    x_val, y_val, a_val = _split_arrays(data, "val")
-    x_test, y_test, a_test = _split_arrays(data, "test")
+    x_train, y_train, _, _ = _split_arrays(data, "train")
+    x_val, _, a_val, actual_val = _split_arrays(data, "val")
+    x_test, y_test, a_test, actual = _split_arrays(data, "test")
     horizon = y_test.shape[1]
-    actual_val, actual = _prices(data, y_val, a_val), _prices(data, y_test, a_test)
     best: tuple[float, int, np.ndarray] | None = None
     for lags in (k for k in lags_grid if k <= x_train.shape[1]):
         coef = fit_linear_ar(x_train, y_train, lags)

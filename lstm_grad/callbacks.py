@@ -1,5 +1,5 @@
 """Callbacks: the prediction writer (CSV + PNG + TensorBoard figure), the epoch timer, and the gradient
-diagnostics (``GradientMonitor`` in ``monitor.py``, ``TimeGradientProbe`` in ``probe.py``, re-exported here)."""
+diagnostics (``GradientMonitor``, ``TimeGradientProbe`` from :mod:`lstm_grad.diagnostics`, re-exported here)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lstm_grad.monitor import GradientHealthWarning, GradientMonitor
-from lstm_grad.probe import TimeGradientProbe
+from lstm_grad.diagnostics.monitor import GradientHealthWarning, GradientMonitor
+from lstm_grad.diagnostics.probe import TimeGradientProbe
 
 __all__ = ["EpochTimer", "GradientHealthWarning", "GradientMonitor", "PredictionWriter", "TimeGradientProbe"]
 
@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 class PredictionWriter(BasePredictionWriter):
     """Write the predict span as ``predictions.csv`` and ``predictions.png``, and log the figure.
 
-    The CSV has one row per (window, horizon step): ``date`` (the day being predicted), ``step``
-    (1..H), ``actual``, ``predicted`` and ``persistence`` (the last observed price), all in price
-    units. Files go to ``output_dir``, by default the TensorBoard run's folder.
+    The CSV has one row per (window, horizon step): ``date`` (the day being predicted; with the
+    time for intraday bars), ``step`` (1..H), ``actual``, ``predicted`` and ``persistence`` (the last
+    observed price), all in price units, float64 whatever the network's precision. Files go to
+    ``output_dir``, by default the TensorBoard run's folder.
 
     Args:
         output_dir: folder for the CSV and PNG; ``null`` means the logger's run folder.
@@ -47,13 +48,15 @@ class PredictionWriter(BasePredictionWriter):
         if not trainer.is_global_zero or not predictions:
             return
         batches = predictions[0] if isinstance(predictions[0], list) else predictions
-        predicted = torch.cat([b["predicted"] for b in batches]).cpu()  # (N, H)
-        actual = torch.cat([b["actual"] for b in batches]).cpu()  # (N, H)
-        persistence = torch.cat([b["persistence"] for b in batches]).cpu()  # (N,)
-        dates = trainer.datamodule.predict_target_dates()  # (N, H) dates of the predicted days
+        # prices as float64 whatever the model returned (numpy has no bfloat16)
+        predicted = torch.cat([b["predicted"] for b in batches]).cpu().double()  # (N, H)
+        actual = torch.cat([b["actual"] for b in batches]).cpu().double()  # (N, H)
+        persistence = torch.cat([b["persistence"] for b in batches]).cpu().double()  # (N,)
+        dates = pd.DatetimeIndex(trainer.datamodule.predict_target_dates().reshape(-1))  # predicted days
         n, horizon = predicted.shape
+        intraday = bool((dates != dates.normalize()).any())  # bars with a time of day (MetaTrader H1 ...)
         frame = pd.DataFrame({
-            "date": pd.DatetimeIndex(dates.reshape(-1)).strftime("%Y-%m-%d"),
+            "date": dates.strftime("%Y-%m-%d %H:%M" if intraday else "%Y-%m-%d"),
             "step": torch.arange(1, horizon + 1).repeat(n).numpy(),
             "actual": actual.reshape(-1).numpy(),
             "predicted": predicted.reshape(-1).numpy(),

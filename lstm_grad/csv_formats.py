@@ -1,10 +1,11 @@
 """Read the CSV files people really download for gold into one raw numeric table.
 
 Sniffed, not special-cased per site: the delimiter (``,`` ``;`` tab), the header rows (one, or
-the three of ``yf.download(...).to_csv()``: fields, ``Ticker``, ``Date``), the date column and
-its style (ISO, ``MM/DD/YYYY``, day-first with ``dayfirst=True``, ``2024-01-02 00:00:00-05:00``)
-and the number style (``2,063.70``, ``2063,70`` in semicolon files, ``12.5K`` / ``1.2M``,
-``-0.35%``; ``null`` / ``.`` / ``-`` / empty mean missing). Cleaning policy lives in ``series.py``.
+the three of ``yf.download(...).to_csv()``: fields, ``Ticker``, ``Date``; MetaTrader's ``<CLOSE>``
+brackets dropped), the date column and its style (``dates.py``: ISO, ``MM/DD/YYYY``, day-first with
+``dayfirst=True``, ``2024-01-02 00:00:00-05:00``, MetaTrader's ``20240102`` / ``2024.01.02`` beside a
+``<TIME>`` column) and the number style (``2,063.70``, ``2063,70`` in semicolon files, ``12.5K`` /
+``1.2M``, ``-0.35%``; ``null`` / ``.`` / ``-`` / empty mean missing). Cleaning policy lives in ``series.py``.
 """
 from __future__ import annotations
 
@@ -17,16 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lstm_grad.columns import is_date_name, is_time_name, strip_brackets
+from lstm_grad.dates import COMPACT_DATE, DATE_LIKE, add_time_of_day, parse_dates, time_of_day_column
 from lstm_grad.data_errors import LOG, DataError
 
 MISSING_MARKERS = frozenset({"", "null", "nan", "na", "n/a", "#n/a", ".", "-", "--", "none", "\u2014"})
-_DATE_LIKE = re.compile(
-    r"^\s*(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?\s*(?:Z|[+-]\d{2}:?\d{2})?"
-    r"|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}(?:\s+\d{1,2}:\d{2}(?::\d{2})?)?"
-    r"|[A-Za-z]{3,9}\.? \d{1,2},? \d{4}|\d{1,2}[ -][A-Za-z]{3,9}\.?[ -]\d{2,4})\s*$"
-)
-_TZ_AFTER_TIME = r"(?<=\d:\d\d)(?::\d\d(?:\.\d+)?)?\s*(?:Z|[+-]\d\d:?\d\d)$"
-_DATE_NAMES = ("date", "datetime", "time", "timestamp", "observation_date", "day")
 _SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 
 
@@ -55,7 +51,9 @@ def read_csv_table(path: str | os.PathLike, *, date_column: str | None = None,
     line_of = np.array([n for n, _ in numbered])
     n_header = _count_header_rows(rows)
     width = max(len(r) for r in rows[: max(n_header, 1)])
-    names = _column_names(rows[:n_header], width)
+    names = _column_names(rows[:n_header], width, path)
+    if not n_header:
+        LOG.info("%s: no header row; columns named %s", path, names)
     body = [r + [""] * (width - len(r)) for r in rows[n_header:]]
     lines = line_of[n_header:]
     keep = np.array([any(r) for r in body], dtype=bool)  # rows of bare delimiters are blank lines
@@ -69,13 +67,23 @@ def read_csv_table(path: str | os.PathLike, *, date_column: str | None = None,
     date_idx = _find_date_column(table, names, date_column, path)
     body_end = _drop_footer(table[date_idx], lines, path)
     table, lines = table.iloc[:body_end], lines[:body_end]
-    dates = _parse_dates(table[date_idx], names[date_idx], dayfirst, lines, path)
-    values = {}
+    dates = parse_dates(table[date_idx], names[date_idx], dayfirst, lines, path)
+    time_idx = time_of_day_column(table, names, date_idx)
+    if time_idx is not None:
+        dates = add_time_of_day(dates, table[time_idx].astype(str).str.strip(), names[time_idx],
+                                names[date_idx], lines, path)
+    values, text, comma = {}, [], []
     for j, name in enumerate(names):
-        if j != date_idx:
-            parsed = _parse_numbers(table[j], name, delimiter, lines, path)
+        if j not in (date_idx, time_idx):
+            parsed = _parse_numbers(table[j], name, delimiter, lines, path, comma)
             if parsed is not None:
                 values[name] = parsed
+            else:
+                text.append(name)
+    if text:
+        LOG.info("%s: column(s) %s hold text, not numbers; left out", path, text)
+    if comma:
+        LOG.info("%s: column(s) %s read with ',' as the decimal mark (2.063,70 = 2063.70)", path, comma)
     frame = pd.DataFrame(values, index=pd.RangeIndex(len(table)), dtype="float64")
     return RawTable(dates=dates, values=frame, lines=lines, date_column=names[date_idx])
 
@@ -109,21 +117,28 @@ def _sniff_delimiter(header: str) -> str:
 
 
 def _count_header_rows(rows: list[list[str]]) -> int:
-    """Count rows before the first one holding a date: 0 (headerless), 1, or yfinance's 3."""
-    if any(_DATE_LIKE.match(c) for c in rows[0]):
+    """Count rows before the first one holding a date: 0 (headerless: a date, or no letter at all, in
+    the first row), 1, or yfinance's 3."""
+    if any(DATE_LIKE.match(c) for c in rows[0]) or not any(ch.isalpha() for c in rows[0] for ch in c):
         return 0
     for k in range(1, min(len(rows), 6)):
-        if any(_DATE_LIKE.match(c) for c in rows[k]):
+        if any(DATE_LIKE.match(c) for c in rows[k]):
             return k
     return 1
 
 
-def _column_names(header_rows: list[list[str]], width: int) -> list[str]:
-    """Name columns from one header row, or merge yfinance's field / ticker / ``Date`` rows."""
+def _column_names(header_rows: list[list[str]], width: int, path: Path) -> list[str]:
+    """Name columns from one header row, or merge yfinance's field / ticker / ``Date`` rows.
+
+    MetaTrader's bracketed names lose their brackets (``<CLOSE>`` -> ``CLOSE``); a repeated name
+    gets a suffix (``Close``, ``Close.1``); both are logged.
+    """
     if not header_rows:
         return ["date", "price"] if width == 2 else ["date"] + [f"column_{j + 1}" for j in range(1, width)]
-    pieces = [[r[j].lstrip("\ufeff").strip() for r in header_rows if j < len(r) and r[j].strip()]
-              for j in range(width)]
+    raw = [[r[j].lstrip("\ufeff").strip() for r in header_rows if j < len(r) and r[j].strip()] for j in range(width)]
+    pieces = [[strip_brackets(p) for p in column] for column in raw]
+    if pieces != raw:
+        LOG.info("%s: MetaTrader header: column names read without their <> brackets", path)
     names = [p[0] if p else f"column_{j + 1}" for j, p in enumerate(pieces)]
     if len(header_rows) > 1 and pieces[0]:
         names[0] = pieces[0][-1]  # yfinance: "Price" / "Ticker" / "Date" -> "Date"
@@ -135,29 +150,37 @@ def _column_names(header_rows: list[list[str]], width: int) -> list[str]:
     for j, name in enumerate(names):
         seen[name] = seen.get(name, 0) + 1
         names[j] = name if seen[name] == 1 else f"{name}.{seen[name] - 1}"
+        if seen[name] > 1:
+            LOG.info("%s: column %d repeats the name '%s'; called '%s'", path, j + 1, name, names[j])
     return names
 
 
 def _find_date_column(table: pd.DataFrame, names: list[str], wanted: str | None, path: Path) -> int:
-    """Return the date column: named by the user, named like a date, else the first holding dates."""
+    """Return the date column: named by the user; else one whose name has a date token (``Date``,
+    ``observation_date``, ``<DTYYYYMMDD>``); else one named ``time`` holding dates (MT5's ``time``);
+    else the first column whose cells are all dates. Names match by whole tokens, not substrings."""
     if wanted is not None:
-        for match in (lambda n: n == wanted, lambda n: n.casefold() == wanted.strip().casefold()):
+        keys = {wanted, wanted.strip().casefold(), strip_brackets(wanted.strip()).casefold()}
+        for match in (lambda n: n == wanted, lambda n: n.casefold() in keys):
             hits = [j for j, n in enumerate(names) if match(n)]
             if hits:
                 return hits[0]
         raise DataError(f"{path}: date column '{wanted}' not found; available columns: {names}; "
                         "fix data.date_column")
-    folded = [n.casefold() for n in names]
-    for j, name in enumerate(folded):
-        if name in _DATE_NAMES:
-            return j
-    for j, name in enumerate(folded):
-        if any(word in name for word in ("date", "time")):
-            return j
+    dated = [j for j, name in enumerate(names) if is_date_name(name)]
+    if dated:
+        return dated[0]
     head = table.head(5)
-    for j in table.columns:
+
+    def holds_dates(j: int) -> bool:
         cells = [c for c in head[j] if c]
-        if cells and all(_DATE_LIKE.match(c) for c in cells):
+        return bool(cells) and all(DATE_LIKE.match(c) for c in cells)
+
+    timed = [j for j, name in enumerate(names) if is_time_name(name) and holds_dates(j)]
+    if timed:
+        return timed[0]
+    for j in table.columns:
+        if holds_dates(int(j)):
             return int(j)
     raise DataError(f"{path}: no date column found among {names}; name it with data.date_column")
 
@@ -165,47 +188,23 @@ def _find_date_column(table: pd.DataFrame, names: list[str], wanted: str | None,
 def _drop_footer(cells: pd.Series, lines: np.ndarray, path: Path) -> int:
     """Drop trailing summary rows (old Investing.com exports end with 'Highest: ...'); return the body end."""
     end = len(cells)
-    while end > 1 and cells.iloc[end - 1] and not _DATE_LIKE.match(cells.iloc[end - 1]):
+
+    def dated(cell: str) -> bool:
+        return bool(DATE_LIKE.match(cell) or COMPACT_DATE.match(cell))
+
+    while end > 1 and cells.iloc[end - 1] and not dated(cells.iloc[end - 1]):
         end -= 1
-    if end < len(cells) and _DATE_LIKE.match(cells.iloc[end - 1]):
+    if end < len(cells) and dated(cells.iloc[end - 1]):
         LOG.info("%s: dropped %d trailing non-data row(s) from line %d (a footer)",
                  path, len(cells) - end, lines[end])
         return end
     return len(cells)
 
 
-def _parse_dates(cells: pd.Series, name: str, dayfirst: bool, lines: np.ndarray, path: Path) -> pd.DatetimeIndex:
-    """Parse one date style strictly; a UTC offset is dropped to keep the local calendar date."""
-    s = cells.astype(str).str.strip()
-    has_tz = bool(s.str.contains(_TZ_AFTER_TIME, regex=True).any())
-    if has_tz:
-        s = s.str.replace(_TZ_AFTER_TIME, "", regex=True)
-    first = s[s != ""].iloc[0] if (s != "").any() else ""
-    numeric = re.match(r"^(\d{1,2})([-/.])(\d{1,2})\2(\d{2,4})(\s+\d{1,2}:\d{2}(:\d{2})?)?$", first)
-    if re.match(r"^\d{4}[-/.]", first):
-        iso = s.str.replace(r"^(\d{4})[/.](\d{1,2})[/.](\d{1,2})", r"\1-\2-\3", regex=True)
-        parsed = pd.to_datetime(iso, format="ISO8601", errors="coerce")
-    elif numeric:
-        sep = numeric.group(2)
-        fmt = sep.join(["%d", "%m"] if dayfirst else ["%m", "%d"]) + sep + ("%Y" if len(numeric.group(4)) == 4 else "%y")
-        fmt += "" if not numeric.group(5) else " %H:%M:%S" if numeric.group(6) else " %H:%M"
-        parsed = pd.to_datetime(s, format=fmt, errors="coerce")
-    else:
-        parsed = pd.to_datetime(s, format="mixed", dayfirst=dayfirst, errors="coerce")
-    bad = np.flatnonzero(parsed.isna().to_numpy())
-    if len(bad):
-        value = cells.iloc[bad[0]]
-        hint = "fix the cell, set data.dayfirst, or name the date column with data.date_column"
-        if numeric and not dayfirst and re.match(r"^(1[3-9]|[23]\d)[-/.]", value):
-            hint = "the dates look day-first: set data.dayfirst=true"
-        raise DataError(f"{path}: column '{name}', line {lines[bad[0]]}: cannot parse date '{value}'; {hint}")
-    index = pd.DatetimeIndex(parsed)
-    return index.normalize() if has_tz else index
-
-
 def _parse_numbers(cells: pd.Series, name: str, delimiter: str, lines: np.ndarray,
-                   path: Path) -> pd.Series | None:
-    """Parse one column to float64 (NaN = missing); None for a text column such as a ticker name."""
+                   path: Path, comma: list[str]) -> pd.Series | None:
+    """Parse one column to float64 (NaN = missing); None for a text column such as a ticker name.
+    ``name`` is appended to ``comma`` when the column is read with a decimal comma."""
     s = cells.astype(str).str.strip()
     missing = s.str.lower().isin(MISSING_MARKERS)
     s = s.str.replace(r"^([-+]?)[$\u20ac\u00a3]\s*", r"\1", regex=True)
@@ -217,15 +216,15 @@ def _parse_numbers(cells: pd.Series, name: str, delimiter: str, lines: np.ndarra
     comma_last = has_comma & has_dot & (s.str.rfind(",") > s.str.rfind("."))
     comma_only = has_comma & ~has_dot
     thousands_only = s[comma_only].str.fullmatch(r"[-+]?\d{1,3}(,\d{3})+").all()
-    if comma_last.any() or (comma_only.any() and (delimiter != "," or not thousands_only)):
+    decimal_comma = bool(comma_last.any() or (comma_only.any() and (delimiter != "," or not thousands_only)))
+    if decimal_comma:
         s = s.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)  # 2.063,70 -> 2063.70
     else:
         s = s.str.replace(",", "", regex=False)  # 2,063.70 -> 2063.70
     values = pd.to_numeric(s.where(~missing, None), errors="coerce").astype("float64") * scale
     bad = values.isna().to_numpy() & ~missing.to_numpy()
     if bad.all() and bad.any():
-        LOG.debug("%s: column '%s' holds text, not numbers; left out", path, name)
-        return None
+        return None  # a text column (a ticker name): the caller logs it
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise DataError(f"{path}: column '{name}', line {lines[i]}: cannot parse '{cells.iloc[i]}' as a number; "
@@ -235,4 +234,6 @@ def _parse_numbers(cells: pd.Series, name: str, delimiter: str, lines: np.ndarra
         i = int(infinite[0])
         raise DataError(f"{path}: column '{name}', line {lines[i]}: value '{cells.iloc[i]}' is infinite (inf); "
                         "fix the cell or delete the row")
+    if decimal_comma:
+        comma.append(name)
     return values.reset_index(drop=True)

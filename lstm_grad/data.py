@@ -1,12 +1,12 @@
-"""Windows over the gold series and the LightningDataModule that feeds them to the model.
+"""The LightningDataModule that feeds windows of the gold series to the model.
 
-Loading and cleaning live in ``series.py`` (CSV sniffing in ``csv_formats.py``), feature
-engineering in ``features.py``; this module re-exports :func:`load_series` and :class:`DataError`
-so that ``from lstm_grad.data import ...`` is the one import users need.
+Loading and cleaning live in ``series.py`` (CSV sniffing in ``csv_formats.py``, dates in
+``dates.py``, column names in ``columns.py``), feature engineering in ``features.py``, the window
+Dataset in ``windows.py``; this module re-exports :func:`load_series`, :class:`DataError` and
+:class:`GoldWindows` so that ``from lstm_grad.data import ...`` is the one import users need.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as L
@@ -14,83 +14,37 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from lstm_grad.checkpoints import EpochShuffle
+from lstm_grad.columns import default_target
 from lstm_grad.data_errors import LOG, DataError
-from lstm_grad.features import (N_DEFAULT_FEATURES, build_features, check_features, default_features,
-                                default_target, parse_feature, require_positive)
+from lstm_grad.features import N_DEFAULT_FEATURES, choose_features, parse_feature, require_positive
 from lstm_grad.series import DUPLICATE_POLICIES, EMBEDDED, MISSING_POLICIES, check_choice, load_series
+from lstm_grad.windows import Batch, GoldWindows, index_windows, keep_batch, persistence
 
-__all__ = ["DataError", "GoldDataModule", "GoldWindows", "keep_batch", "load_series", "persistence"]
+__all__ = ["Batch", "DataError", "GoldDataModule", "GoldWindows", "keep_batch", "load_series", "persistence"]
 
 TARGET_MODES = ("level", "log_return")
-SPLITS = ("train", "val", "test")
-Batch = tuple[Tensor, Tensor, Tensor]
-
-
-def keep_batch(batch: Batch) -> Batch:
-    """Collate nothing: ``GoldWindows.__getitems__`` already returns whole batch tensors."""
-    return batch
-
-
-def persistence(anchor: Tensor, horizon: int) -> Tensor:
-    """Return the naive forecast (last observed price for every future day) as (B, H) prices."""
-    return anchor.unsqueeze(-1).expand(*anchor.shape, horizon)
-
-
-class GoldWindows(Dataset):
-    """Windows of one standardised feature tensor, with scaled targets and price anchors.
-
-    ``features`` (N, F) float32; window ``i`` is ``features[start[i] : start[i] + window]``, read
-    from a strided view made once with ``Tensor.unfold`` (no copy per window). ``targets``
-    (N_windows, H) are scaled; ``anchor`` (N_windows,) is the last observed target price (price
-    units, at the window's last context day), which is also the persistence forecast.
-    ``target_dates`` holds each window's first target date (for prediction CSVs).
-    """
-
-    def __init__(self, features: Tensor, targets: Tensor, anchor: Tensor, start: Tensor, window: int,
-                 target_dates: Sequence | None = None) -> None:
-        super().__init__()
-        if features.ndim != 2 or targets.ndim != 2 or anchor.ndim != 1 or start.ndim != 1:
-            raise ValueError("GoldWindows needs features (N, F), targets (W, H), anchor (W,), start (W,)")
-        if not len(targets) == len(anchor) == len(start):
-            raise ValueError(f"GoldWindows: {len(targets)} targets, {len(anchor)} anchors, {len(start)} starts")
-        if len(start) and (int(start.min()) < 0 or int(start.max()) + window > len(features)):
-            raise ValueError(f"GoldWindows: a window of {window} rows runs past the {len(features)} feature rows")
-        self.features = features
-        self.window = window
-        # N rows, T window, F features: (N, F) -> unfold (N - T + 1, F, T) -> (N - T + 1, T, F), a view
-        self.windows = features.unfold(0, window, 1).transpose(1, 2)
-        self.targets, self.anchor, self.start = targets, anchor, start.long()
-        self.target_dates = list(target_dates) if target_dates is not None else []
-
-    def __len__(self) -> int:
-        return len(self.start)
-
-    def __getitem__(self, i: int) -> Batch:
-        return self.windows[self.start[i]], self.targets[i], self.anchor[i]
-
-    def __getitems__(self, indices: list[int]) -> Batch:
-        """Gather a batch with one indexing op per tensor; DataLoader calls this when present."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.windows[self.start[idx]], self.targets[idx], self.anchor[idx]
-
 
 class GoldDataModule(L.LightningDataModule):
     """Chronological train/val/test windows of daily gold prices, scaled on the train span only.
 
     A window belongs to the split holding all its target rows (its context may reach back into an
     earlier split); windows whose targets straddle a boundary are dropped. Batches are
-    ``(x (B, window, F), y (B, H) scaled, anchor (B,) price)``; :meth:`inverse_transform` turns
-    ``y`` back into prices and :func:`persistence` gives the naive forecast ``anchor`` repeated H times.
+    ``(x (B, window, F), y (B, H) scaled, anchor (B,) float64 price, index (B,) window numbers)``;
+    :meth:`window_prices` reads a batch's raw float64 prices by ``index``, :meth:`inverse_transform`
+    turns ``y`` or a prediction back into float64 prices and :func:`persistence` gives the naive
+    forecast ``anchor`` repeated H times. The target, features and date column chosen by ``setup``
+    are logged in one line and saved in the hyperparameters (``hparams.yaml``, the checkpoint).
     """
 
     def __init__(self, source: str = EMBEDDED, last_n_days: int | None = 1247, window: int = 60,
                  horizon: int = 1, batch_size: int = 32, target: str | None = None,
                  target_mode: str = "level", features: list[str] | None = None, missing: str = "ffill",
                  date_column: str | None = None, dayfirst: bool = False, duplicates: str = "error",
-                 split: tuple[float, float, float] = (0.7, 0.1, 0.2), num_workers: int = 0) -> None:
+                 split: tuple[float, float, float] = (0.7, 0.1, 0.2), num_workers: int = 0,
+                 end: str | None = None, price_levels: bool = True) -> None:
         """Check the settings; reading the data waits for ``setup``.
 
         Args:
@@ -111,6 +65,11 @@ class GoldDataModule(L.LightningDataModule):
             duplicates: ``error`` on a repeated date, or ``last`` to keep the file's last row for it.
             split: train, val, test fractions of the rows (by target date), each > 0, summing to 1.
             num_workers: DataLoader worker processes (0 = load in the main process).
+            end: last date to use (ISO, e.g. ``2011-12-30``); later rows are dropped before anything
+                else (features, last_n_days, split): the data as of that day. null = all rows.
+            price_levels: with the default features (data.features null), feed raw price columns (the
+                recipe's); false replaces each by its 20-day momentum, so inputs stay in the train span's
+                range when the price trends (``features.without_levels``).
         """
         super().__init__()
         check_choice("target_mode", target_mode, TARGET_MODES)
@@ -132,8 +91,11 @@ class GoldDataModule(L.LightningDataModule):
         self.batch_size, self.target, self.target_mode = batch_size, target, target_mode
         self.features, self.missing, self.date_column = list(features) if features else None, missing, date_column
         self.dayfirst, self.duplicates, self.split, self.num_workers = dayfirst, duplicates, split, num_workers
+        self.end = None if end is None else self._end_date(end)
+        self.price_levels = bool(price_levels)
         self.feature_names: list[str] = list(self.features or [])
         self.target_name: str | None = target
+        self.date_column_name: str | None = date_column  # the file's date column, known after setup
         self.split_dates: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
         self.datasets: dict[str, GoldWindows] = {}
         self._stats: dict[str, Any] | None = None
@@ -157,55 +119,34 @@ class GoldDataModule(L.LightningDataModule):
         where = self.source
         frame = load_series(self.source, date_column=self.date_column, target=self.target, dayfirst=self.dayfirst,
                             missing=self.missing, duplicates=self.duplicates)
-        target = self.target or default_target(frame)
-        n_span = min(len(frame), self.last_n_days or len(frame))
-        train_span = frame.iloc[len(frame) - n_span:][: max(1, round(self.split[0] * n_span))]
-        if self.features:
-            check_features(frame, self.features, train_span, where)
-            names = self.features
-        else:
-            names = default_features(frame, target, train_span, where)
-        feats = build_features(frame, names, where)
+        date_column = frame.attrs.get("date_column", "date")
+        frame = self._cut_at_end(frame, where)
+        target = self.target or default_target(list(frame.columns), where)
+        names, feats = choose_features(frame, target, self.features, self._train_rows, where, self.price_levels)
         if self.last_n_days is not None:
             feats = feats.iloc[-self.last_n_days:]
         prices = frame[target].loc[feats.index]
         if self.target_mode == "log_return":
             require_positive(prices, where, "target_mode=log_return (log returns)")
-        self.feature_names, self.target_name = list(names), target
+        LOG.info("%s: target '%s' (%s), features %s, date column '%s'", where, target, self.target_mode,
+                 names, date_column)
+        self.feature_names, self.target_name, self.date_column_name = list(names), target, date_column
+        # the resolved choices, not null, in hparams.yaml, TensorBoard and the checkpoint
+        self.save_hyperparameters({**self.hparams, "target": target, "features": list(names),
+                                   "date_column": date_column})
         self._raw = self._make_windows(feats, prices, where)
         if self._stats is None:
             self._stats = self._fit_stats(where)
         self._build_datasets()
 
+    def _train_rows(self, feats: pd.DataFrame) -> pd.DataFrame:
+        """Return the rows of ``feats`` that ``_make_windows`` will call the train span."""
+        used = feats.iloc[-self.last_n_days:] if self.last_n_days is not None else feats
+        return used.iloc[: round(self.split[0] * len(used))]
+
     def _make_windows(self, feats: pd.DataFrame, prices: pd.Series, where: str) -> dict[str, Any]:
         """Index every window, its raw targets and anchor, and assign it to a split by target rows."""
-        n, window, horizon = len(feats), self.window, self.horizon
-        sizes = [round(f * n) for f in self.split[:2]]
-        bounds = np.array([0, sizes[0], sizes[0] + sizes[1], n])
-        start = np.arange(max(0, n - window - horizon + 1))
-        anchor_row = start + window - 1
-        target_rows = anchor_row[:, None] + np.arange(1, horizon + 1)  # (W, H)
-        p = prices.to_numpy(dtype="float64")
-        if self.target_mode == "level":
-            targets = p[target_rows]
-        else:
-            targets = np.log(p[target_rows]) - np.log(p[anchor_row])[:, None]
-        spans = {}
-        for k, name in enumerate(SPLITS):
-            member = (target_rows[:, 0] >= bounds[k]) & (target_rows[:, -1] < bounds[k + 1])
-            spans[name] = np.flatnonzero(member)
-            rows = int(bounds[k + 1] - bounds[k])
-            if not len(spans[name]):
-                need = window + horizon if k == 0 else horizon
-                raise DataError(f"{where}: the {name} split has {rows} rows and no complete window; it needs "
-                                f">= {need} rows (window + horizon = {window + horizon} for train); use more data "
-                                "(data.last_n_days), a smaller data.window / data.horizon or other data.split")
-        dropped = len(start) - sum(len(s) for s in spans.values())
-        if dropped:
-            LOG.info("%s: dropped %d window(s) whose %d target days straddle a split boundary", where, dropped, horizon)
-        return {"features": feats.to_numpy(dtype="float64"), "targets": targets, "start": start, "spans": spans,
-                "anchor": p[anchor_row], "dates": feats.index[target_rows[:, 0]] if len(start) else feats.index[:0],
-                "train_rows": int(bounds[1]), "prices": p, "index": feats.index}
+        return index_windows(feats, prices, self.window, self.horizon, self.split, self.target_mode, where)
 
     def _fit_stats(self, where: str) -> dict[str, Any]:
         """Fit feature and target mean / std (ddof=0) on the train span rows only."""
@@ -222,7 +163,8 @@ class GoldDataModule(L.LightningDataModule):
         if not y.std() > 0:
             raise DataError(f"{where}: target '{self.target_name}' is constant on the train span; choose data.target")
         return {"feature_names": list(self.feature_names), "target_name": self.target_name,
-                "target_mode": self.target_mode, "window": self.window, "horizon": self.horizon,
+                "date_column": self.date_column_name, "target_mode": self.target_mode, "window": self.window,
+                "horizon": self.horizon,
                 "feature_mean": mean.tolist(), "feature_std": std.tolist(),
                 "target_mean": float(y.mean()), "target_std": float(y.std())}
 
@@ -232,21 +174,29 @@ class GoldDataModule(L.LightningDataModule):
         x = (raw["features"] - np.array(stats["feature_mean"])) / np.array(stats["feature_std"])
         x = torch.from_numpy(x.astype("float32"))
         y = (raw["targets"] - stats["target_mean"]) / stats["target_std"]
-        y, anchor = torch.from_numpy(y.astype("float32")), torch.from_numpy(raw["anchor"].astype("float32"))
-        start = torch.from_numpy(raw["start"])
+        y, anchor = torch.from_numpy(y.astype("float32")), torch.from_numpy(raw["anchor"])  # anchor float64
+        start, actual = torch.from_numpy(raw["start"]), torch.from_numpy(raw["actual"])  # raw prices, float64
         for name, rows in raw["spans"].items():
             idx = torch.from_numpy(rows)
             dates = raw["dates"][rows]
-            self.datasets[name] = GoldWindows(x, y[idx], anchor[idx], start[idx], self.window, dates)
+            self.datasets[name] = GoldWindows(x, y[idx], anchor[idx], start[idx], self.window, dates, actual[idx])
             self.split_dates[name] = (dates[0], dates[-1])
 
     def inverse_transform(self, y_scaled: Tensor, anchor: Tensor) -> Tensor:
-        """Map scaled targets (B, H) back to prices (B, H): level ``y*std+mean``; log_return
-        ``anchor * exp(y*std+mean)`` since targets are ``log(p_{t+h} / p_t)``, h = 1..H."""
+        """Map scaled targets (B, H) back to prices (B, H), in float64 whatever the inputs' dtype:
+        level ``y*std+mean``; log_return ``anchor * exp(y*std+mean)`` since targets are
+        ``log(p_{t+h} / p_t)``, h = 1..H. Any float input (a bf16 network output too) is cast to
+        float64 first, so nothing is rounded after the network; read ``anchor`` from :meth:`window_prices`."""
         if self._stats is None:
             raise RuntimeError("GoldDataModule.inverse_transform needs setup() or a restored checkpoint first")
-        y = y_scaled * self._stats["target_std"] + self._stats["target_mean"]
-        return y if self._stats["target_mode"] == "level" else anchor.unsqueeze(-1) * torch.exp(y)
+        y = y_scaled.double() * self._stats["target_std"] + self._stats["target_mean"]
+        return y if self._stats["target_mode"] == "level" else anchor.double().unsqueeze(-1) * torch.exp(y)
+
+    def window_prices(self, split: str, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the raw float64 ``anchor`` (B,) and ``actual`` (B, H) prices of windows ``index`` of a split."""
+        if split not in self.datasets:
+            raise RuntimeError(f"GoldDataModule.window_prices: no '{split}' windows; call setup() first")
+        return self.datasets[split].prices(index)
 
     def persistence(self, anchor: Tensor) -> Tensor:
         """Return the naive forecast for a batch in price units: (B,) -> (B, H)."""
@@ -269,6 +219,7 @@ class GoldDataModule(L.LightningDataModule):
                             f"{self.feature_names}; set data.features to the checkpoint's")
         self._stats = dict(state_dict)
         self.feature_names, self.target_name = list(state_dict["feature_names"]), state_dict["target_name"]
+        self.date_column_name = state_dict.get("date_column", self.date_column_name)
         if self._raw is not None:
             self._build_datasets()
 
@@ -299,3 +250,30 @@ class GoldDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Predict over the test span, in date order (``datasets['test'].target_dates``)."""
         return self._loader("test")
+
+    @staticmethod
+    def _end_date(end: str) -> pd.Timestamp:
+        """Parse ``data.end`` (ISO date) or refuse it in one line."""
+        try:
+            return pd.Timestamp(str(end))
+        except ValueError:
+            raise DataError(f"data.end={end!r} is not a date; write it as YYYY-MM-DD or leave it null") from None
+
+    def _cut_at_end(self, frame: pd.DataFrame, where: str) -> pd.DataFrame:
+        """Drop the rows after ``data.end`` (logged); refuse an ``end`` before the first row."""
+        if self.end is None:
+            return frame
+        kept = frame.loc[: self.end]
+        if kept.empty:
+            raise DataError(f"{where}: data.end={self.end:%Y-%m-%d} is before the first row "
+                            f"({frame.index[0]:%Y-%m-%d}); choose a later date or leave it null")
+        if len(kept) < len(frame):
+            LOG.info("%s: dropped %d row(s) after data.end=%s", where, len(frame) - len(kept), f"{self.end:%Y-%m-%d}")
+        return kept
+
+    def row_dates(self) -> pd.DatetimeIndex:
+        """Return the dates of the rows ``setup`` kept (after data.end, the features' warm-up and
+        last_n_days), in order: (N,). Walk-forward folds are placed on these rows."""
+        if self._raw is None:
+            raise RuntimeError("GoldDataModule.row_dates needs setup() first")
+        return pd.DatetimeIndex(self._raw["index"])

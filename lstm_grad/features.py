@@ -12,14 +12,16 @@ Rows where a derived feature is still undefined (the warm-up) are dropped from t
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
+from lstm_grad.columns import is_price_like, is_silver, is_volume
 from lstm_grad.data_errors import LOG, DataError
 
 N_DEFAULT_FEATURES = 5
 _DERIVED = {"log_return": 0, "volatility": 1, "momentum": 1}  # kind -> number of integer arguments
-_VOLUME_NAMES = ("volume", "vol.", "vol")
 
 
 def parse_feature(spec: str) -> tuple[str, str, int]:
@@ -35,32 +37,19 @@ def parse_feature(spec: str) -> tuple[str, str, int]:
     return kind, column, int(days)
 
 
-def default_target(frame: pd.DataFrame) -> str:
-    """Pick the price to forecast: gold, Close, Price, a ``Close/Last``-like column, LBMA's USD (PM)
-    fix, or the only column."""
-    folded = {c.casefold(): c for c in frame.columns}
-    for name in ("gold", "close", "price"):
-        if name in folded:
-            return folded[name]
-    for word in ("close", "price", "usd (pm)", "usd pm", "usd"):
-        hits = [c for key, c in folded.items() if word in key and "adj" not in key]
-        if hits:
-            return hits[0]
-    if frame.shape[1] == 1:
-        return str(frame.columns[0])
-    raise DataError(f"cannot tell which column is the price among {list(frame.columns)}; set data.target")
+def default_candidates(frame: pd.DataFrame, target: str) -> tuple[list[str], list[str]]:
+    """Return the 5 default features for ``frame`` and the spare list that replaces rejected ones, in order.
 
-
-def default_features(frame: pd.DataFrame, target: str, train: pd.DataFrame, where: str) -> list[str]:
-    """Return the 5 default features, replacing an empty or train-constant column by a derived one.
-
-    OHLC files: Open, High, Low, Close, Volume (Investing.com: Price, Open, High, Low, Vol.);
-    two or more price columns (embedded): target, other, their log returns, 20-day volatility of
-    the target; one price column: price, log_return, volatility 5 and 20, 5-day momentum.
+    OHLC files: Open, High, Low, Close, Volume (Investing.com: Price, Open, High, Low, Vol.;
+    MetaTrader: OPEN .. CLOSE, TICKVOL); two or more price columns (embedded): target, another
+    (silver-like first), their log returns, 20-day volatility of the target; one price column:
+    price, log_return, volatility 5 and 20, 5-day momentum. Spares: the file's other volume
+    columns, then log return, volatility 20 / 5 and momentum 5 / 20 of the target.
     """
     folded = {c.casefold(): c for c in frame.columns}
-    volume = next((folded[v] for v in _VOLUME_NAMES if v in folded), "Volume")
-    others = [c for c in frame.columns if c != target and c.casefold() not in _VOLUME_NAMES]
+    volumes = [c for c in frame.columns if is_volume(c)]
+    volume = volumes[0] if volumes else "Volume"  # unknown unless the file has one: replaced from the spares
+    others = sorted((c for c in frame.columns if c != target and is_price_like(c)), key=lambda c: not is_silver(c))
     if all(k in folded for k in ("open", "high", "low")):
         close = folded.get("close", target)
         first = [close] if "close" not in folded and "price" in folded else []
@@ -71,34 +60,89 @@ def default_features(frame: pd.DataFrame, target: str, train: pd.DataFrame, wher
     else:
         chosen = [target, f"log_return:{target}", f"volatility:{target}:5", f"volatility:{target}:20",
                   f"momentum:{target}:5"]
-    spare = [f for f in (f"log_return:{target}", f"volatility:{target}:20", f"volatility:{target}:5",
-                         f"momentum:{target}:5", f"momentum:{target}:20") if f not in chosen]
-    for k, name in enumerate(chosen):
-        problem = _column_problem(train, name)
-        if problem:
-            chosen[k] = spare.pop(0)
-            LOG.info("%s: default feature '%s' %s; using '%s' instead", where, name, problem, chosen[k])
-    return chosen
+    spare = volumes[1:] + [f"log_return:{target}", f"volatility:{target}:20", f"volatility:{target}:5",
+                           f"momentum:{target}:5", f"momentum:{target}:20"]
+    return chosen, [f for f in spare if f not in chosen]
 
 
-def check_features(frame: pd.DataFrame, names: list[str], train: pd.DataFrame, where: str) -> None:
-    """Refuse an explicit feature whose column is unknown, empty or constant on the train span."""
-    for name in names:
-        problem = _column_problem(train, name)
-        if problem:
-            raise DataError(f"{where}: feature '{name}' {problem}; available columns: {list(frame.columns)}; "
-                            "fix data.features")
+def choose_features(frame: pd.DataFrame, target: str, requested: list[str] | None,
+                    train_rows: Callable[[pd.DataFrame], pd.DataFrame], where: str,
+                    price_levels: bool = True) -> tuple[list[str], pd.DataFrame]:
+    """Return the feature names and their values (N, F), every one finite and non-constant on the train span.
+
+    ``train_rows`` maps computed features to their train-span rows (it knows last_n_days and the
+    split). Features the user named (``requested``) stop the run with one line when one is unknown,
+    takes the log of a non-positive value, or is constant / non-finite on the train span. Default
+    features (plain or derived) are replaced from the spare list of :func:`default_candidates` in
+    order instead, all replacements in one log line; only an exhausted spare list stops the run.
+    """
+    if requested:
+        names = list(requested)
+        for name in names:
+            problem = name_problem(frame, name, check_log=False)
+            if problem:
+                raise DataError(f"{where}: feature '{name}' {problem}; available columns: {list(frame.columns)}; "
+                                "fix data.features")
+        feats, warmup = _compute(frame, names, where)
+        problems = train_problems(train_rows(feats))
+        if problems:
+            name, problem = next(iter(problems.items()))
+            raise DataError(f"{where}: feature '{name}' {problem}; drop it from data.features or choose "
+                            f"others; available columns: {list(frame.columns)}")
+    else:
+        names, spare = default_candidates(frame, target)
+        if not price_levels:  # data.price_levels=false: scale-free defaults (see without_levels)
+            names = without_levels(names)
+        replaced = []
+        for _ in range(len(names) + len(spare) + 1):
+            bad = {n: p for n in names if (p := name_problem(frame, n, check_log=True))}
+            if not bad:
+                feats, warmup = _compute(frame, names, where)
+                bad = train_problems(train_rows(feats))
+                if not bad:
+                    break
+            if target in bad:  # no spare can stand in for the price itself
+                raise DataError(f"{where}: target '{target}' {bad[target]}; choose another column with data.target")
+            for name, problem in bad.items():
+                while spare and (spare[0] in names or name_problem(frame, spare[0], check_log=True)):
+                    spare.pop(0)
+                if not spare:
+                    raise DataError(f"{where}: default feature '{name}' {problem} and no spare feature is left "
+                                    f"(replaced so far: {replaced or 'none'}); list the features with data.features")
+                new = spare.pop(0)
+                names[names.index(name)] = new
+                replaced.append(f"'{name}' {problem}; using '{new}'")
+        if replaced:
+            LOG.info("%s: default feature %s", where, "; default feature ".join(replaced))
+    if warmup:
+        LOG.info("%s: dropped %d warm-up row(s) at the start where derived features are undefined", where, warmup)
+    return names, feats
 
 
-def _column_problem(train: pd.DataFrame, name: str) -> str:
-    """Say why a column cannot be a feature ('' when it can), judged on the train span rows."""
+def name_problem(frame: pd.DataFrame, name: str, check_log: bool) -> str:
+    """Say why ``name`` cannot be computed from ``frame`` ('' when it can): an unknown column, or
+    (``check_log``) a log of a non-positive value."""
     kind, column, _ = parse_feature(name)
-    if column not in train.columns:
+    if column not in frame.columns:
         return "names an unknown column"
-    values = train[column]
-    if kind == "column" and (values.isna().all() or values.nunique() <= 1):
-        return "is empty or constant on the train span"
+    if check_log and kind != "column" and not (frame[column].to_numpy() > 0).all():
+        return "takes the log of a non-positive value"
     return ""
+
+
+def train_problems(train: pd.DataFrame) -> dict[str, str]:
+    """Map each feature that is non-finite or constant (std 0) on the train rows to the reason; with
+    fewer than 2 rows there is no verdict (the split itself is then too short, as ``index_windows`` says)."""
+    problems: dict[str, str] = {}
+    if len(train) < 2:
+        return problems
+    for name in train.columns:
+        values = train[name].to_numpy(dtype="float64")
+        if not np.isfinite(values).all():
+            problems[name] = "is not finite on the train span"
+        elif not values.std() > 0:
+            problems[name] = "is constant on the train span"
+    return problems
 
 
 def require_positive(prices: pd.Series, where: str, why: str) -> None:
@@ -112,6 +156,14 @@ def require_positive(prices: pd.Series, where: str, why: str) -> None:
 
 def build_features(frame: pd.DataFrame, names: list[str], where: str) -> pd.DataFrame:
     """Compute ``names`` column by column and drop the warm-up rows at the front (logged)."""
+    features, warmup = _compute(frame, names, where)
+    if warmup:
+        LOG.info("%s: dropped %d warm-up row(s) at the start where derived features are undefined", where, warmup)
+    return features
+
+
+def _compute(frame: pd.DataFrame, names: list[str], where: str) -> tuple[pd.DataFrame, int]:
+    """Return the features without their warm-up rows (N, F) float64, and how many rows that dropped."""
     out = {}
     for name in names:
         kind, column, days = parse_feature(name)
@@ -130,8 +182,20 @@ def build_features(frame: pd.DataFrame, names: list[str], where: str) -> pd.Data
             out[name] = logp.diff().rolling(days).std()
         else:
             out[name] = logp.diff(days)
-    features = pd.DataFrame(out, index=frame.index)
+    features = pd.DataFrame(out, index=frame.index, dtype="float64")
     warmup = int(features.isna().any(axis=1).to_numpy().argmin()) if features.isna().any().any() else 0
-    if warmup:
-        LOG.info("%s: dropped %d warm-up row(s) at the start where derived features are undefined", where, warmup)
-    return features.iloc[warmup:]
+    return features.iloc[warmup:], warmup
+
+
+def without_levels(names: list[str], days: int = 20) -> list[str]:
+    """Replace each plain price column by its ``days``-row momentum; keep volumes and derived features.
+
+    A price that trends leaves the train span's range, so a scaled price level fed to a network is
+    an extrapolation at test time (measured on gold: validation MASE up to 1.6-1.8 with levels);
+    ``log(p_t / p_{t-days})`` carries the recent trend without the scale.
+
+    >>> without_levels(["gold", "silver", "log_return:gold", "Volume"])
+    ['momentum:gold:20', 'momentum:silver:20', 'log_return:gold', 'Volume']
+    """
+    return [f"momentum:{name}:{days}" if parse_feature(name)[0] == "column" and not is_volume(name) else name
+            for name in names]

@@ -1,10 +1,12 @@
 """One command: train, test, predict, and print the model next to naive persistence.
 
-``python -m lstm_grad.fit`` trains the recipe's full network (residual, orthogonal init, clipnorm
-1.0) on the embedded real gold series (last 1,247 days, window 60, 5 features). It takes the same
-flags as ``python -m lstm_grad.cli fit`` (``--config configs/baseline.yaml``,
-``--trainer.max_epochs 5``, ``--data.source my_gold.csv`` ...), then tests the best checkpoint,
-writes the test-span predictions (CSV + PNG) and prints a results table.
+``python -m lstm_grad.fit`` trains the default forecaster (``configs/default.yaml``: the recipe's
+clipped 128/64/32 stack on a log-return target with scale-free inputs, chosen on validation data) on
+the embedded real gold series (last 1,247 days, window 60, 5 features); ``--config
+configs/residual.yaml`` is the recipe's full network. It takes the same flags as ``python -m
+lstm_grad.cli fit`` (``--trainer.max_epochs 5``, ``--data.source my_gold.csv`` ...), then tests the
+best checkpoint, writes the test-span predictions (CSV + PNG), prints a results table and, as its
+last line, the best checkpoint's forecast for the trading day(s) after the data's end.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
+import torch
+
 from lstm_grad.callbacks import EpochTimer, GradientMonitor
 from lstm_grad.cli import GoldCLI, run_guarded
+from lstm_grad.forecast import forecast_frame, forecast_line
 
 
 def results_table(metrics: dict[str, float]) -> str:
@@ -50,26 +55,50 @@ class FitCLI(GoldCLI):
                             help="checkpoint to resume from: a path, or 'last' for the newest run's last.ckpt")
 
 
+def nonfinite_stop_message(trainer: Any, step: int) -> str:
+    """Say, in one line, which checkpoint holds the last finite weights after a non-finite stop.
+
+    The checkpoints are read, not assumed: ``last.ckpt`` written after the stop holds the weights from
+    before the skipped update; a NaN that slipped in earlier (``check_every_step: false``) would show.
+    """
+    callback = trainer.checkpoint_callback
+    paths = [p for p in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")) if p]
+    finite = []
+    for path in dict.fromkeys(paths):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point()):
+            finite.append(f"{path} (epoch {saved['epoch']}, step {saved['global_step']})")
+    where = (f"the last finite weights are in {finite[0]}" if finite else
+             "every checkpoint written holds non-finite weights" if paths else "no checkpoint was written")
+    best, score = getattr(callback, "best_model_path", ""), getattr(callback, "best_model_score", None)
+    if finite and best and score is not None and not finite[0].startswith(best):
+        where += f"; the best by {callback.monitor} ({float(score):.4g}) is {best}"
+    if finite and score is not None and not torch.isfinite(torch.as_tensor(score)):
+        where += (f"; its {callback.monitor} is not finite: the weights had diverged before the gradient did, so "
+                  "retrain with a lower model.lr or a trainer.gradient_clip_val")
+    return (f"training stopped early on a non-finite gradient (step {step}, see the warning above), so there are "
+            f"no test results; {where}")
+
+
 def run(args: Sequence[str] | None = None) -> dict[str, Any]:
     """Fit (resuming from ``--ckpt_path``), test the best checkpoint, predict the test span."""
     cli = FitCLI(args=args, run=False)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"), weights_only=True)
+    epochs = trainer.fit_loop.epoch_progress.current.completed  # the run's, restored epochs included
     monitor = next((c for c in trainer.callbacks if isinstance(c, GradientMonitor)), None)
     if monitor is not None and monitor.nonfinite is not None and monitor.on_nonfinite == "stop":
-        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written"
-        raise FloatingPointError(f"training stopped early on a non-finite gradient (see the message above), so "
-                                 f"there are no test results; last finite checkpoint: {last}")
+        raise FloatingPointError(nonfinite_stop_message(trainer, monitor.nonfinite["step"]))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = best or None
     tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, weights_only=True)
-    metrics = {k: float(v) for k, v in tested[0].items()}
+    metrics = {**{k: float(v) for k, v in tested[0].items()}, **model.epoch_metrics.get("test", {})}  # float64
     trainer.predict(model, datamodule=data, ckpt_path=ckpt, return_predictions=False, weights_only=True)
     timer = next((c for c in trainer.callbacks if isinstance(c, EpochTimer)), None)
     times = timer.epoch_times if timer else []
     return {"metrics": metrics, "best_checkpoint": best, "log_dir": trainer.log_dir,
             "epoch_time_s": statistics.median(times) if times else float("nan"),
-            "epochs": len(times), "trainer": trainer}
+            "epochs": epochs, "epochs_here": len(times), "trainer": trainer}
 
 
 def report(result: dict[str, Any]) -> str:
@@ -79,14 +108,29 @@ def report(result: dict[str, Any]) -> str:
             "the actual change (days without change left out).")
     return "\n".join([
         "", results_table(metrics), note,
-        f"epochs: {result['epochs']}, median epoch time: {result['epoch_time_s']:.2f} s",
+        _epoch_line(result),
         f"best checkpoint: {result['best_checkpoint']}",
         f"TensorBoard: tensorboard --logdir {result['log_dir']}",
     ])
 
 
+def _epoch_line(result: dict[str, Any]) -> str:
+    """Say how many epochs the run has trained, and over which of them the epoch time is a median.
+
+    >>> _epoch_line({"epochs": 4, "epochs_here": 3, "epoch_time_s": 1.5})
+    'epochs: 4 (3 after resuming), median epoch time: 1.50 s (over those 3)'
+    """
+    here, total, median = result.get("epochs_here", result["epochs"]), result["epochs"], result["epoch_time_s"]
+    if here == total:
+        return f"epochs: {total}, median epoch time: {median:.2f} s"
+    return f"epochs: {total} ({here} after resuming), median epoch time: {median:.2f} s (over those {here})"
+
+
 def fit_main(args: Sequence[str] | None = None) -> None:
-    print(report(run(args)))
+    result = run(args)
+    print(report(result))
+    trainer = result["trainer"]  # the tested best weights are loaded in its module: forecast past the data
+    print(forecast_line(forecast_frame(trainer.lightning_module, trainer.datamodule, end=trainer.datamodule.end)))
 
 
 def main() -> None:

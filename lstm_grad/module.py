@@ -14,7 +14,6 @@ batch of an epoch (``loops/training_epoch_loop.py``, ``_should_accumulate``).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lstm_grad.checkpoints import check_compatible
-from lstm_grad.gradients import clipped_total, layer_grad_norms
+from lstm_grad.diagnostics.groups import ParameterGroups, parameter_groups
+from lstm_grad.diagnostics.norms import GroupNorms, measure, tag_scalars, total_grad_norm
 from lstm_grad.metrics import ForecastMetrics
 from lstm_grad.model import ResidualLSTM
 
@@ -74,9 +74,14 @@ class LSTMForecaster(pl.LightningModule):
         )
         self.loss_fn = LOSSES[loss]
         self.metrics = nn.ModuleDict({stage: ForecastMetrics() for stage in ("val", "test")})
-        self.last_grad_norms: dict[str, float] = {}  # set on logged steps; GradientMonitor reads it
+        # gradient norms (the protocol GradientMonitor reuses): the step measured, its groups, and the
+        # values, set in configure_gradient_clipping of that step
+        self.grad_groups: ParameterGroups | None = None
         self.last_grad_step: int = -1
-        self._clip_total: float | None = None  # pre-clip total of the current step, for clipping
+        self.epoch_metrics: dict[str, dict[str, float]] = {}  # last epoch's float64 metrics per stage
+        self.last_grad_measure: GroupNorms | None = None
+        self.last_grad_norms: dict[str, float] = {}
+        self._grad_pending = False
         self._train_loss_sum: Tensor | None = None  # sum of loss * batch size over this epoch
         self._train_loss_n = 0
 
@@ -84,8 +89,13 @@ class LSTMForecaster(pl.LightningModule):
         return self.model(x)
 
     # ---- steps -------------------------------------------------------------------------------
-    def _shared_step(self, batch: tuple[Tensor, Tensor, Tensor], stage: str) -> Tensor:
-        x, y, anchor = batch  # (B, T, F), (B, H) scaled, (B,) price
+    def _shared_step(self, batch: tuple[Tensor, Tensor, Tensor, Tensor], stage: str) -> Tensor:
+        """Loss on scaled targets in the network's precision; metrics in price units in float64.
+
+        Prices come from the data module's raw float64 prices by window ``index``, never from the
+        batch's floating tensors (a ``*-true`` precision casts those to bf16/fp16 before this runs).
+        """
+        x, y, _, index = batch  # (B, T, F), (B, H) scaled, (B,) price, (B,) window numbers
         pred = self(x)
         loss = self.loss_fn(pred, y)
         if stage == "train":
@@ -93,8 +103,8 @@ class LSTMForecaster(pl.LightningModule):
         else:
             self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x))
             dm = self.trainer.datamodule
-            self.metrics[stage].update(dm.inverse_transform(pred, anchor),
-                                       dm.inverse_transform(y, anchor), anchor)
+            anchor, actual = dm.window_prices(stage, index)  # float64 (B,), (B, H)
+            self.metrics[stage].update(dm.inverse_transform(pred, anchor), actual, anchor)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -129,14 +139,18 @@ class LSTMForecaster(pl.LightningModule):
         self._shared_step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        """Return prices: ``predicted``, ``actual`` (B, H) and ``persistence`` (B,)."""
-        x, y, anchor = batch
+        """Return float64 prices of the predict (test) span: ``predicted``, ``actual`` (B, H) and
+        ``persistence`` (B,), whatever precision the network ran in."""
+        x, _, _, index = batch
         dm = self.trainer.datamodule
-        return {"predicted": dm.inverse_transform(self(x), anchor),
-                "actual": dm.inverse_transform(y, anchor), "persistence": anchor}
+        anchor, actual = dm.window_prices("test", index)  # predict_dataloader is the test span
+        return {"predicted": dm.inverse_transform(self(x), anchor), "actual": actual, "persistence": anchor}
 
     def _log_epoch_metrics(self, stage: str) -> dict[str, float]:
+        """Log a stage's price-unit metrics; keep the float64 values in ``epoch_metrics[stage]``, since
+        ``self.log`` stores them as float32 (Lightning's ``_ResultMetric`` uses the default dtype)."""
         values = {f"{stage}/{k}": float(v) for k, v in self.metrics[stage].compute().items()}
+        self.epoch_metrics[stage] = values
         self.log_dict(values, prog_bar=False)
         self.metrics[stage].reset()
         return values
@@ -145,10 +159,13 @@ class LSTMForecaster(pl.LightningModule):
         self._log_epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:
-        """Log test metrics, and store them beside the hyperparameters (TensorBoard's HPARAMS tab)."""
+        """Log test metrics, and store them beside the hyperparameters (TensorBoard's HPARAMS tab): the
+        model's and the data module's, whose target / features / date column are the resolved ones."""
         values = self._log_epoch_metrics("test")
         if self.logger is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self.logger.log_hyperparams(self.hparams, {f"hparams/{k}": v for k, v in values.items()})
+            data = getattr(self.trainer.datamodule, "hparams", {})
+            params = {k: v for k, v in {**data, **self.hparams}.items() if k != "_class_path"}
+            self.logger.log_hyperparams(params, {f"hparams/{k}": v for k, v in values.items()})
 
     # ---- gradients ---------------------------------------------------------------------------
     def _closes_accumulation(self, batch_idx: int) -> bool:
@@ -164,7 +181,7 @@ class LSTMForecaster(pl.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_idx = batch_idx
-        self._clip_total = None
+        self._grad_pending = False
 
     def _write(self, values: dict[str, float]) -> None:
         """Write step scalars straight to the loggers at the step Lightning writes ``train/loss_step``.
@@ -177,49 +194,49 @@ class LSTMForecaster(pl.LightningModule):
             logger.log_metrics(values, step=self.trainer.global_step)
 
     def on_after_backward(self) -> None:
-        """Log ``grad_norm/<layer>`` and ``grad_norm/total`` of the gradient the optimizer will use.
+        """Measure ``grad_norm/<layer>`` and ``grad_norm/total`` of the gradient the optimizer will use.
 
         Only on the backward that closes an accumulation window and only on steps the logger writes;
-        divided by the GradScaler's scale when one is active (gradients here are still scaled).
-        A step with non-finite gradients logs ``grad_health/nonfinite`` = 1 and the finite layers
-        only, never NaN.
+        divided by the GradScaler's scale when one is active (gradients here are still scaled). The
+        groups are the ``"auto"`` ones of :mod:`lstm_grad.diagnostics.groups` (``lstm_0 ..``, ``proj_i``,
+        ``head``). The pass is only queued here; ``configure_gradient_clipping`` reads it.
         """
         if not self._closes_accumulation(self._batch_idx) or not self._logger_writes_this_step():
             return
+        if self.grad_groups is None:
+            self.grad_groups = parameter_groups(self)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
-        norms = layer_grad_norms(self.model, scale)
-        values = torch.stack(list(norms.values())).tolist()  # the one host sync of this step
-        self.last_grad_norms = dict(zip(norms, values))
+        self.last_grad_measure = measure(self.grad_groups, scale)
         self.last_grad_step = self.trainer.global_step
-        finite = all(math.isfinite(v) for v in values)
-        self._write({"grad_health/nonfinite": float(not finite),
-                     **{f"grad_norm/{k}": v for k, v in self.last_grad_norms.items() if math.isfinite(v)}})
-        if finite:
-            self._clip_total = self.last_grad_norms["total"]
+        self._grad_pending = True
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
                                     gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
-        """Clip as ``Trainer(gradient_clip_val=...)`` asks, reusing the pre-clip total when known.
+        """Clip as ``Trainer(gradient_clip_val=...)`` asks; on logged steps also write the norms.
 
         Lightning calls this after ``on_before_optimizer_step`` on every optimizer step, with
-        gradients already unscaled. On logged steps the total from ``on_after_backward`` is reused
-        (no second norm pass) and ``grad_norm/total_clipped`` and ``grad_health/clipped`` logged
-        (clipping by norm, or none; clipping by value is left to Lightning and not summarised).
+        gradients already unscaled. On a logged step clipping by norm reuses the measured pre-clip
+        total (no second norm pass, no sync); then, whatever the algorithm (norm, value), one fused
+        pass measures ``grad_norm/total_clipped`` after clipping, ONE host sync reads everything, and
+        ``grad_norm/*``, ``grad_health/clipped`` (1 when clipping changed the gradient) and
+        ``grad_health/nonfinite`` are written (non-finite norms are left out, never logged as NaN).
         """
-        total = self._clip_total
-        self._clip_total = None
-        by_norm = (gradient_clip_algorithm or "norm") == "norm"  # Lightning's default algorithm
-        if total is None or not gradient_clip_val or not by_norm:
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        else:
+        measured = self.last_grad_measure if self._grad_pending else None
+        self._grad_pending = False
+        if measured is not None and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, torch.tensor(total))
-        if total is not None and (by_norm or not gradient_clip_val):
-            after = clipped_total(total, gradient_clip_val)
-            self._write({"grad_norm/total_clipped": after, "grad_health/clipped": float(after < total)})
-            self.last_grad_norms["total_clipped"] = after
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, measured.total)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if measured is None:
+            return
+        after = [total_grad_norm(self.grad_groups)] if gradient_clip_val else []
+        norms, _, rest = measured.values(after)  # the one host sync of this step
+        clipped = rest[0] if rest else norms["total"]
+        self.last_grad_norms = {**norms, "total_clipped": clipped}
+        self._write(tag_scalars(norms, clipped))  # leaves non-finite norms out, flags the step
 
     # ---- checkpoints -------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -46,10 +46,11 @@ def load_series(source: str | os.PathLike = EMBEDDED, *, last_n_days: int | None
     ``gold`` and ``silver``) or a CSV path; numeric columns keep the file's names (``Close``,
     ``Price``, ``Vol.``, a FRED series id, ...). ``last_n_days`` keeps the most recent rows after
     cleaning. ``missing``: ``ffill`` (at most ``ffill_limit`` consecutive rows, longer gaps raise),
-    ``drop`` or ``error``; leading rows that cannot be filled are dropped. ``duplicates``: ``error``
+    ``drop`` or ``error``; with ``ffill``, leading rows with nothing before them and trailing rows
+    after a column's last observed value are dropped (logged), never filled. ``duplicates``: ``error``
     names the first duplicated date, ``last`` keeps the file's last row for it. ``target`` only
     checks that the column exists. Calendar gaps (weekends, holidays) are kept; gaps over 7 days
-    are logged.
+    are logged. ``frame.attrs["date_column"]`` names the file's date column.
 
     >>> load_series(last_n_days=2)  # doctest: +NORMALIZE_WHITESPACE
                   gold   silver
@@ -65,10 +66,10 @@ def load_series(source: str | os.PathLike = EMBEDDED, *, last_n_days: int | None
         raise DataError(f"ffill_limit={ffill_limit} must be >= 0")
     where = str(source)
     if where == EMBEDDED:
-        frame, lines = _embedded_frame().copy(), None
+        frame, lines, dates_from = _embedded_frame().copy(), None, "date"
     else:
         table = read_csv_table(source, date_column=date_column, dayfirst=dayfirst)
-        frame, lines = table.values, table.lines
+        frame, lines, dates_from = table.values, table.lines, table.date_column
         frame.index = table.dates.rename("date")
     frame = _drop_sparse_columns(frame, where, target)
     if target is not None and target not in frame.columns:
@@ -87,6 +88,7 @@ def load_series(source: str | os.PathLike = EMBEDDED, *, last_n_days: int | None
             LOG.warning("%s: last_n_days=%d but only %d rows remain; using all", where, last_n_days, len(frame))
         frame = frame.iloc[-int(last_n_days):]
     frame.index.name = "date"
+    frame.attrs["date_column"] = dates_from
     return frame
 
 
@@ -102,6 +104,9 @@ def _drop_sparse_columns(frame: pd.DataFrame, where: str, target: str | None) ->
     for column in sparse:
         LOG.info("%s: column '%s' is empty in %d of %d rows; left out", where, column,
                  int(frame[column].isna().sum()), len(frame))
+    if sparse and len(sparse) == frame.shape[1]:
+        raise DataError(f"{where}: every price column {sparse} is empty in more than half its rows; "
+                        "fill the file, or name the column with data.target to use it anyway")
     frame = frame.drop(columns=sparse)
     if frame.shape[1] == 0:
         raise DataError(f"{where}: no numeric price column found; check the file or set data.date_column")
@@ -148,6 +153,15 @@ def _handle_missing(frame: pd.DataFrame, lines: np.ndarray | None, policy: str, 
         LOG.info("%s: dropped %d leading row(s) with missing values that nothing precedes to fill from", where, lead)
         frame, isna = frame.iloc[lead:], isna[lead:]
         lines = None if lines is None else lines[lead:]
+    last_seen = [len(isna) - 1 - int(np.argmax(~isna[::-1, j])) for j in range(isna.shape[1])]
+    end = min(last_seen) + 1
+    if end < len(frame):  # a fill there would invent prices after the data ends (a made-up "no change" day)
+        column = frame.columns[int(np.argmin(last_seen))]
+        LOG.info("%s: dropped %d trailing row(s) after the last observed value of column '%s' (from %s); "
+                 "missing=ffill never fills past the end of the data", where, len(frame) - end, column,
+                 _where_row(lines, frame.index, end))
+        frame, isna = frame.iloc[:end], isna[:end]
+        lines = None if lines is None else lines[:end]
     for j, column in enumerate(frame.columns):
         run_id = np.cumsum(~isna[:, j])
         runs = np.bincount(run_id[isna[:, j]]) if isna[:, j].any() else np.zeros(1, dtype=int)

@@ -7,25 +7,28 @@ depth / window sweep that shows where gradients really vanish.
 Every run is a normal TensorBoard run under ``--runs-dir`` (``python -m lstm_grad.diagnose`` reads
 them). ``results/runs.csv`` gets one row per finished run, rewritten atomically after each one:
 a run already in it (same config, seed, horizon, target mode, span, max epochs) is not redone, and
-Ctrl-C leaves complete rows only. ``--workers N`` runs N processes with the CPU threads split
-between them (``torch.set_num_threads``).
+Ctrl-C leaves complete rows only. ``--workers N`` runs N joblib (loky) processes with the CPU threads
+split between them (``torch.set_num_threads``, workers x threads <= cores); ``--cluster tcp://host:8786``
+sends the same runs to a Dask scheduler instead (``pip install -e ".[cluster]"``); the rows come back
+here and are the same as local ones for the same seeds and thread counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ablation_runs import BASELINES, COLUMNS, baseline_rows, run_key, train_run  # noqa: E402
+
+from lstm_grad.runs import check_workers, run_jobs  # noqa: E402
 
 CONFIGS = ("baseline", "clipped", "orthogonal", "residual")
 
@@ -44,8 +47,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra CLI override for every run, e.g. --set model.hidden_sizes=[8] (repeatable)")
     p.add_argument("--report-only", action="store_true", help="train nothing; rewrite the pages from runs.csv")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (threads split between them)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--workers", type=int, default=1, help="parallel joblib processes (threads split between them)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per worker (default: cores / workers; on a cluster: its machine's cores / slots)")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="Dask scheduler, e.g. tcp://10.0.0.5:8786: run the trainings there (needs the [cluster] extra)")
     p.add_argument("--out", default="results", help="folder for runs.csv, *.md, *.png")
     p.add_argument("--runs-dir", default="runs/ablation", help="TensorBoard runs (not committed)")
     # depth / window sweep
@@ -60,8 +66,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.overrides = [f"--{item}" for item in args.overrides]
     if args.workers < 1 or args.seeds < 1 or args.max_epochs < 1:
         p.error("--workers, --seeds and --max-epochs must be >= 1")
-    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     return args
+
+
+def where(args: argparse.Namespace) -> str:
+    """Describe where the runs go, for the progress line; checks workers x threads <= cores locally."""
+    if args.cluster:
+        return f"on the Dask cluster at {args.cluster}"
+    return f"with {args.workers} worker(s) x {check_workers(args.workers, args.threads)} thread(s)"
 
 
 # ---- runs.csv: resumable, complete rows only ----------------------------------------------------
@@ -102,26 +114,10 @@ class RunTable:
         write_rows(self.path, self.rows.values())
 
 
-def run_pool(job: Callable[[dict], Any], specs: list[dict[str, Any]], workers: int,
-             on_result: Callable[[Any], None]) -> None:
-    """Run ``job`` over ``specs`` in ``workers`` spawned processes (in this one when workers == 1)."""
-    if workers == 1 or len(specs) <= 1:
-        for spec in specs:
-            on_result(job(spec))
-        return
-    with mp.get_context("spawn").Pool(min(workers, len(specs)), maxtasksperchild=4) as pool:
-        try:
-            for result in pool.imap_unordered(job, specs):
-                on_result(result)
-        except KeyboardInterrupt:
-            pool.terminate()
-            raise
-
-
 # ---- the ablation ------------------------------------------------------------------------------
 def plan(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Return the baseline specs (one per horizon x mode) and the training specs (config x seed)."""
-    common = {"config_dir": args.config_dir, "runs_dir": args.runs_dir, "threads": args.threads,
+    common = {"config_dir": args.config_dir, "runs_dir": args.runs_dir,
               "overrides": args.overrides, "patience": args.patience, "last_n_days": args.last_n_days}
     base, train = [], []
     for horizon in args.horizon:
@@ -147,16 +143,16 @@ def run_ablation(args: argparse.Namespace) -> None:
                 table.add(row)
     todo = [] if args.report_only else [s for s in train if s not in table]
     print(f"ablation: {len(train) - len(todo)} of {len(train)} runs already in {table.path}; "
-          f"running {len(todo)} with {args.workers} worker(s) x {args.threads} thread(s)", flush=True)
+          f"running {len(todo)} {where(args)}", flush=True)
     started = time.perf_counter()
 
-    def done(row: dict[str, Any]) -> None:
+    def done(index: int, row: dict[str, Any]) -> None:
         table.add(row)
         print(f"[{time.perf_counter() - started:7.0f} s] {row['config']:<10} seed {row['seed']} h{row['horizon']} "
               f"{row['target_mode']}: MAE {row['mae']:.3f} MASE {row['mase']:.3f} best epoch {row['best_epoch']}"
               f"/{row['epochs']} {row['epoch_time_s']:.2f} s/epoch", flush=True)
 
-    run_pool(train_run, todo, args.workers, done)
+    run_jobs(train_run, todo, args.workers, args.threads, args.cluster, on_result=done)
     keys = {tuple(str(s[k]) for k in ("horizon", "target_mode", "last_n_days")) for s in base}
     rows = [r for r in table.rows.values()
             if (str(r["horizon"]), r["target_mode"], str(r["last_n_days"])) in keys
@@ -168,6 +164,7 @@ def run_ablation(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        where(args)  # workers x threads <= cores, before anything runs
         if args.part in ("ablation", "all"):
             run_ablation(args)
         if args.part in ("depth", "all"):
@@ -177,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: runs.csv holds the complete runs only; rerun to resume", file=sys.stderr)
         return 130
+    except (ValueError, OSError, argparse.ArgumentError) as error:  # bad flags or config, no scheduler, no Dask
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
     return 0
 
 

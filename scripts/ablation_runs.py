@@ -1,7 +1,8 @@
 """One ablation run (train, test, read its TensorBoard run back) and the baseline rows.
 
 Used by ``scripts/ablation.py``; each function returns plain ``runs.csv`` rows (dicts of str /
-float), so a worker process can send them back through a pipe.
+float), so a joblib or Dask worker can send them back (``lstm_grad.runs.run_jobs`` sets the
+worker's torch threads).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from lstm_grad.baselines import baseline_forecasts
 from lstm_grad.significance import diebold_mariano
@@ -27,7 +27,7 @@ GRAD_COLUMNS = [f"grad_lstm_{i}_{when}" for when in ("epoch1", "end") for i in r
 COLUMNS = ["config", "seed", "horizon", "target_mode", "last_n_days", "max_epochs",
            "mae", "mse", "mase", "dir_acc", "acc_100_minus_mape", "naive_mae",
            "dm_sq_stat", "dm_sq_p", "dm_abs_stat", "dm_abs_p",
-           "epoch_time_s", "epochs", "best_epoch", "best_val_loss", *GRAD_COLUMNS,
+           "epoch_time_s", "epochs", "best_epoch", "best_val_loss", "val_mase", *GRAD_COLUMNS,
            "val_losses", "wall_s", "log_dir"]
 KEY = ("config", "seed", "horizon", "target_mode", "last_n_days", "max_epochs")
 BASELINES = ("persistence", "linear_ar")
@@ -86,11 +86,12 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any]:
 
     The TensorBoard run lands in ``{runs_dir}/{config}_h{H}_{mode}_n{days}/seed{seed}`` (removed
     first, so an interrupted run never mixes event files); the test metrics are those of the best
-    checkpoint by ``val/loss``, the DM test uses that checkpoint's ``predictions.csv``.
+    checkpoint (by what the config's checkpoint monitors: ``val/loss``, or ``val/mase`` in a
+    config written by ``lstm_grad.tune``), ``val_mase`` is that checkpoint's validation MASE, the
+    DM test uses its ``predictions.csv``.
     """
     from lstm_grad.fit import run
 
-    torch.set_num_threads(spec["threads"])
     quiet()
     name = f"{spec['config']}_h{spec['horizon']}_{spec['target_mode']}_n{spec['last_n_days']}"
     version = f"seed{spec['seed']}"
@@ -112,7 +113,11 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any]:
     pred, actual, naive = (frame[c].to_numpy().reshape(-1, horizon) for c in ("predicted", "actual", "persistence"))
     scalars = read_scalars(result["log_dir"])
     val_losses = [v for _, v in scalars.get("val/loss", [])]
-    best = int(np.argmin(val_losses)) if val_losses else -1
+    val_mase = [v for _, v in scalars.get("val/mase", [])]
+    # the epoch of the tested checkpoint: the minimum of what the checkpoint monitors (val/mase in a tuned config)
+    monitor = getattr(trainer.checkpoint_callback, "monitor", None) or "val/loss"
+    selected = [v for _, v in scalars.get(monitor, [])] or val_losses
+    best = int(np.argmin(selected)) if selected else -1
     row = {k: spec[k] for k in KEY}
     row.update({
         "mae": metrics["test/mae"], "mse": metrics["test/mse"], "mase": metrics["test/mase"],
@@ -120,6 +125,7 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any]:
         "naive_mae": metrics["test/naive_mae"], **dm_columns(pred, actual, naive, horizon),
         "epoch_time_s": result["epoch_time_s"], "epochs": result["epochs"], "best_epoch": best + 1,
         "best_val_loss": val_losses[best] if val_losses else math.nan,
+        "val_mase": val_mase[best] if val_mase else math.nan,
         **grad_summary(scalars, trainer.num_training_batches, result["epochs"]),
         "val_losses": ";".join(f"{v:.6g}" for v in val_losses), "wall_s": wall, "log_dir": str(result["log_dir"]),
     })

@@ -43,7 +43,7 @@ class BenchConfig:
     repeats: int = 4  # timed rounds per comparison, after one warm-up round
     full_repeats: int = 2  # rounds on the full series (an epoch there is ~13 s on 2 idle cores)
     clock: str = "wall"  # "wall" (perf_counter) or "cpu" (process_time, steadier on a shared box)
-    items: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    items: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
     scaling_days: tuple[int | None, ...] = (1247, 2500, 5000, None)
     scaling_windows: tuple[int, ...] = (30, 60, 120, 240)
     warmup: int = 1
@@ -51,7 +51,7 @@ class BenchConfig:
 
     @classmethod
     def quick_config(cls, **kw: Any) -> "BenchConfig":
-        base = dict(quick=True, epochs=1, repeats=2, items=(1, 2, 3, 4))
+        base = dict(quick=True, epochs=1, repeats=2, items=(1, 2, 3, 4, 9))
         return cls(**{**base, **kw})
 
 
@@ -178,6 +178,58 @@ def tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
     return sum(seen.values())
 
 
+class HookClock:
+    """Sum the time spent inside chosen methods of live objects (callbacks, a LightningModule's hooks).
+
+    An A/B comparison of two whole fits measures a few-percent cost as the difference of two noisy
+    numbers (rounds swung +-20 % on a quiet box); timing the diagnostics' own hook calls inside one
+    run measures the same cost directly, as a share of that run, with far less noise. Each wrapped
+    method is replaced by an instance attribute that calls the original; ``seconds[name]`` and
+    ``calls[name]`` accumulate per ``"<label>.<method>"``. ``clock`` is injectable for tests.
+
+    >>> ticks = iter([0.0, 0.5, 1.0, 1.25])
+    >>> class Hooks:
+    ...     def on_a(self, x): return x + 1
+    >>> hooks = Hooks()
+    >>> clock = HookClock(clock=lambda: next(ticks))
+    >>> clock.wrap(hooks, "cb", ["on_a"])
+    >>> hooks.on_a(1), hooks.on_a(2), clock.seconds, clock.calls
+    (2, 3, {'cb.on_a': 0.75}, {'cb.on_a': 2})
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, target: Any, label: str, methods: Sequence[str]) -> None:
+        for method in methods:
+            key = f"{label}.{method}"
+            self.seconds.setdefault(key, 0.0)
+            self.calls.setdefault(key, 0)
+            setattr(target, method, self._timed(getattr(target, method), key))
+
+    def _timed(self, original: Callable[..., Any], key: str) -> Callable[..., Any]:
+        def timed_call(*args: Any, **kwargs: Any) -> Any:  # the hook's own signature, passed through
+            start = self.clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[key] += self.clock() - start
+                self.calls[key] += 1
+        return timed_call
+
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def overridden_hooks(obj: Any, base: type) -> list[str]:
+    """Names of the ``on_*`` / ``setup`` / ``teardown`` hooks that ``type(obj)`` overrides from ``base``."""
+    return sorted(name for name in dir(type(obj))
+                  if (name.startswith("on_") or name in ("setup", "teardown"))
+                  and callable(getattr(type(obj), name)) and getattr(type(obj), name) is not getattr(base, name, None))
+
+
 HEADLINE = {  # JSON key -> (item, target, "max" if the value must stay below the target else "min")
     "lightning_vs_loop": (1, 1.03, "max"),
     "lightning_vs_loop_full": (1, 1.03, "max"),
@@ -187,6 +239,7 @@ HEADLINE = {  # JSON key -> (item, target, "max" if the value must stay below th
     "data_setup_s": (5, 0.5, "max"),
     "scaling_exponent_days": (6, 1.0, "about"),
     "scaling_exponent_window": (6, 1.0, "about"),
+    "darts_ratio": (9, 1.0, "max"),
 }
 
 
@@ -244,7 +297,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="which clock the ratios use; both are recorded")
     parser.add_argument("--repeats", type=int, help="timed rounds per comparison")
-    parser.add_argument("--items", type=int, nargs="+", help="run only these items (1-8)")
+    parser.add_argument("--items", type=int, nargs="+", help="run only these items (1-9)")
     args = parser.parse_args(argv)
     cfg = BenchConfig.quick_config() if args.quick else BenchConfig()
     cfg.clock = args.clock

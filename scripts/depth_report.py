@@ -51,7 +51,7 @@ def write_depth_report(rows: list[dict[str, Any]], out: Path, args: argparse.Nam
         "gradients): at the first step (before any update) and the median over the last epoch's steps. "
         "≪ 1 means the first layer receives almost nothing: vanishing across depth.",
         "- **time reach** = oldest lag (days before the target) whose ‖∂L/∂x_t‖ is ≥ 1 % of the largest, on 256 "
-        "fixed train windows (`lstm_grad.gradients.time_grad_profile` / `time_reach`), at init and after training. "
+        "fixed train windows (`lstm_grad.diagnostics.time_grad_profile` / `time_reach`), at init and after training. "
         "A reach far below the window means the early days of the window get almost no gradient.",
         "- **test MASE** of the final weights (no early stopping in this sweep; persistence = 1).", "",
         *([(out / "depth_notes.md").read_text().strip(), ""] if (out / "depth_notes.md").exists() else []),

@@ -21,8 +21,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ablation import read_rows, run_pool
+from ablation import read_rows, where
 from ablation_runs import quiet
+
+from lstm_grad.runs import run_jobs
 
 VARIANTS = [("plain", "default"), ("plain", "orthogonal"), ("residual", "default"), ("residual", "orthogonal")]
 COLUMNS = ["variant", "depth", "window", "width", "epochs", "ratio_start", "ratio_end", "reach_start",
@@ -42,7 +44,7 @@ class StepNorms(pl.Callback):
 
 
 def reach(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    from lstm_grad.gradients import time_grad_profile, time_reach
+    from lstm_grad.diagnostics import time_grad_profile, time_reach
 
     return time_reach(time_grad_profile(net, x, y))
 
@@ -52,7 +54,6 @@ def sweep_run(spec: dict[str, Any]) -> dict[str, Any]:
     from lstm_grad.callbacks import EpochTimer
     from lstm_grad.cli import GoldCLI
 
-    torch.set_num_threads(spec["threads"])
     quiet()
     residual, init = spec["variant"].split("/")
     depth, window, width = spec["depth"], spec["window"], spec["width"]
@@ -98,7 +99,7 @@ def sweep_run(spec: dict[str, Any]) -> dict[str, Any]:
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     shapes = [(d, 60) for d in args.depths] + [(args.sweep_depth, w) for w in args.windows if w != 60]
     common = {"width": args.sweep_width, "epochs": args.sweep_epochs, "seed": args.sweep_seed,
-              "threads": args.threads, "config_dir": args.config_dir, "runs_dir": str(Path(args.runs_dir).parent / "depth")}
+              "config_dir": args.config_dir, "runs_dir": str(Path(args.runs_dir).parent / "depth")}
     # deepest / longest first, so the slow runs do not end up alone at the tail of the pool
     shapes.sort(key=lambda s: -s[0] * s[1])
     return [{**common, "variant": f"{r}/{i}", "depth": d, "window": w} for d, w in shapes for r, i in VARIANTS]
@@ -118,17 +119,17 @@ def run_depth_sweep(args: argparse.Namespace) -> None:
     rows = {key(r): r for r in read_rows(path)}
     specs = plan(args)
     todo = [s for s in specs if key(s) not in rows]
-    print(f"depth sweep: {len(specs) - len(todo)} of {len(specs)} runs already in {path}; running {len(todo)}", flush=True)
+    print(f"depth sweep: {len(specs) - len(todo)} of {len(specs)} runs already in {path}; running {len(todo)} {where(args)}", flush=True)
     started = time.perf_counter()
 
-    def done(row: dict[str, Any]) -> None:
+    def done(index: int, row: dict[str, Any]) -> None:
         rows[key(row)] = row
         write_rows_to(path, rows.values(), COLUMNS)
         print(f"[{time.perf_counter() - started:6.0f} s] {row['variant']:<20} depth {row['depth']:>2} window "
               f"{row['window']:>3}: ratio {row['ratio_start']:.3g} -> {row['ratio_end']:.3g}, reach "
               f"{row['reach_start']} -> {row['reach_end']}, MASE {row['test_mase']:.2f}", flush=True)
 
-    run_pool(sweep_run, todo, args.workers, done)
+    run_jobs(sweep_run, todo, args.workers, args.threads, args.cluster, on_result=done)
     wanted = {key(s) for s in specs}
     paths = write_depth_report([r for k, r in rows.items() if k in wanted], out, args)
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)

@@ -53,7 +53,7 @@ def test_tiny_ablation_end_to_end(tmp_path, ablation):
         row = by_config[name]
         assert math.isclose(float(row["naive_mae"]), hand, rel_tol=1e-5)  # same test targets as the models
         assert math.isclose(float(row["mase"]), float(row["mae"]) / hand, rel_tol=1e-4)
-        assert row["best_epoch"] == "1" and float(row["epoch_time_s"]) > 0
+        assert row["best_epoch"] == "1" and float(row["epoch_time_s"]) > 0 and float(row["val_mase"]) > 0
         assert 0 <= float(row["dm_sq_p"]) <= 1 and Path(row["log_dir"], "predictions.csv").exists()
     page = (out / "ablation.md").read_text()
     assert "| persistence | 1 |" in page and "47.23 → 12.84" in page
@@ -74,3 +74,35 @@ def test_atomic_rows_and_keys(tmp_path, ablation):
     again = ablation.RunTable(tmp_path / "runs.csv")
     assert row in again and {**row, "seed": 1} not in again
     assert not (tmp_path / "runs.csv.tmp").exists()
+
+
+# columns that depend on the machine's speed or the output folder, not on the training itself
+TIMING = {"epoch_time_s", "wall_s", "log_dir"}
+
+
+@pytest.mark.slow
+def test_joblib_and_dask_cluster_give_identical_rows(tmp_path, ablation):
+    """The same tiny ablation through the local joblib pool and a 2-worker LocalCluster, 1 thread each."""
+    distributed = pytest.importorskip("distributed")
+
+    def rows(folder: str, where: list[str]) -> dict[str, dict[str, str]]:
+        args = tiny_args(tmp_path / folder)
+        args[args.index("--workers") + 1] = "2"  # two jobs at once; "--threads 1" stays
+        assert ablation.main(args + ["--set", "trainer.log_every_n_steps=1", *where]) == 0  # grad columns too
+        with (tmp_path / folder / "results" / "runs.csv").open() as handle:
+            return {r["config"]: {k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(handle)}
+
+    local = rows("joblib", [])
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        remote = rows("dask", ["--cluster", cluster.scheduler_address])
+    assert sorted(local) == ["baseline", "linear_ar", "persistence", "residual"]
+    assert local == remote
+    assert float(local["residual"]["mae"]) > 0 and local["residual"]["grad_lstm_0_epoch1"] not in ("", "nan")
+
+
+def test_bad_worker_count_is_one_error_line(tmp_path, ablation, capsys):
+    args = tiny_args(tmp_path)
+    args[args.index("--threads") + 1] = "64"
+    assert ablation.main(args + ["--part", "ablation"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: 1 workers x 64 threads = 64 CPU threads >")

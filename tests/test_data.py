@@ -59,8 +59,9 @@ def test_windows_and_targets_equal_hand_built_reference(tmp_path, horizon, targe
     assert dm.split_sizes == expected_sizes
     for name, (xs, ys, anchors) in ref.items():
         ds = dm.datasets[name]
-        x, y, anchor = ds.__getitems__(list(range(len(ds))))
+        x, y, anchor, index = ds.__getitems__(list(range(len(ds))))
         assert x.shape == (len(xs), WINDOW, 1) and y.shape == (len(ys), horizon)
+        assert index.tolist() == list(range(len(ds)))
         torch.testing.assert_close(x, torch.tensor(xs, dtype=torch.float32))
         raw_y = np.array(ys)
         if target_mode == "level":
@@ -69,21 +70,26 @@ def test_windows_and_targets_equal_hand_built_reference(tmp_path, horizon, targe
             train_y = np.array(ref["train"][1])
             mean, std = train_y.mean(), train_y.std()
         torch.testing.assert_close(y, torch.tensor((raw_y - mean) / std, dtype=torch.float32))
-        torch.testing.assert_close(anchor, torch.tensor(anchors, dtype=torch.float32))
-        torch.testing.assert_close(dm.inverse_transform(y, anchor),
-                                   torch.tensor(raw_y if target_mode == "level" else
-                                                np.array(anchors)[:, None] * np.exp(raw_y), dtype=torch.float32))
+        assert anchor.dtype == torch.float64 and anchor.tolist() == anchors  # raw prices, exactly
+        actual_prices = raw_y if target_mode == "level" else np.array(anchors)[:, None] * np.exp(raw_y)
+        raw_anchor, raw_actual = dm.window_prices(name, index)
+        assert raw_anchor.tolist() == anchors
+        np.testing.assert_allclose(raw_actual.numpy(), actual_prices, rtol=1e-15)
+        rebuilt = dm.inverse_transform(y, anchor)  # float64 from float32 scaled targets
+        assert rebuilt.dtype == torch.float64
+        np.testing.assert_allclose(rebuilt.numpy(), actual_prices, rtol=1e-6)
 
 
 def test_first_windows_exact_numbers(tmp_path):
     dm = small_module(tmp_path, horizon=3, target_mode="log_return")
     ds = dm.datasets["train"]
     assert ds.anchor[0].item() == 105.0  # row 3 closes the first 4-day context
-    actual = dm.inverse_transform(ds.targets[:1], ds.anchor[:1])
-    torch.testing.assert_close(actual, torch.tensor([[104.0, 108.0, 107.5]]))
+    actual = dm.inverse_transform(ds.targets[:1], ds.anchor[:1])  # rebuilt from float32 scaled targets
+    torch.testing.assert_close(actual, torch.tensor([[104.0, 108.0, 107.5]], dtype=torch.float64))
+    assert ds.actual[0].tolist() == [104.0, 108.0, 107.5]  # the raw prices, exactly
     assert ds.target_dates[0] == pd.Timestamp("2024-01-05")
-    torch.testing.assert_close(persistence(ds.anchor[:2], 3), torch.tensor([[105.0] * 3, [104.0] * 3]))
-    torch.testing.assert_close(dm.persistence(ds.anchor[:1]), torch.tensor([[105.0] * 3]))
+    assert persistence(ds.anchor[:2], 3).tolist() == [[105.0] * 3, [104.0] * 3]
+    assert dm.persistence(ds.anchor[:1]).tolist() == [[105.0] * 3]
 
 
 @pytest.mark.parametrize("target_mode", ["level", "log_return"])
@@ -112,14 +118,14 @@ def test_no_window_crosses_forward(tmp_path, horizon):
 def test_getitems_equals_stacked_getitem_and_windows_are_views(tmp_path):
     ds = small_module(tmp_path, horizon=3).datasets["train"]
     picks = [3, 0, 2]
-    x, y, anchor = ds.__getitems__(picks)
+    x, y, anchor, index = ds.__getitems__(picks)
     items = [ds[i] for i in picks]
-    for got, k in ((x, 0), (y, 1), (anchor, 2)):
+    for got, k in ((x, 0), (y, 1), (anchor, 2), (index, 3)):
         torch.testing.assert_close(got, torch.stack([item[k] for item in items]))
     assert ds.windows.untyped_storage().data_ptr() == ds.features.untyped_storage().data_ptr()
     assert ds[1][0].untyped_storage().data_ptr() == ds.features.untyped_storage().data_ptr()
     batch = next(iter(small_module(tmp_path).val_dataloader()))
-    assert [t.shape for t in batch] == [(4, WINDOW, 1), (4, 1), (4,)]
+    assert [t.shape for t in batch] == [(4, WINDOW, 1), (4, 1), (4,), (4,)]
 
 
 def test_goldwindows_rejects_mismatched_lengths():
@@ -155,7 +161,7 @@ class _TinyForecaster(L.LightningModule):
         self.head = torch.nn.Linear(1, horizon)
 
     def training_step(self, batch, batch_idx):
-        x, y, _ = batch
+        x, y, *_ = batch
         return torch.nn.functional.mse_loss(self.head(x[:, -1]), y)
 
     test_step = training_step  # Lightning's hook, not a pytest test
@@ -196,9 +202,10 @@ def test_default_datamodule_on_embedded_data():
     assert dm.feature_names == ["gold", "silver", "log_return:gold", "log_return:silver", "volatility:gold:20"]
     assert dm.target_name == "gold"
     assert dm.split_sizes == {"train": 813, "val": 125, "test": 249}  # 1247 rows: 873 / 125 / 249 by target
-    x, y, anchor = next(iter(dm.train_dataloader()))
-    assert x.shape == (32, 60, 5) and y.shape == (32, 1) and anchor.shape == (32,)
-    assert x.dtype == y.dtype == anchor.dtype == torch.float32 and torch.isfinite(x).all()
+    x, y, anchor, index = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 60, 5) and y.shape == (32, 1) and anchor.shape == index.shape == (32,)
+    assert x.dtype == y.dtype == torch.float32 and torch.isfinite(x).all()
+    assert anchor.dtype == torch.float64 and index.dtype == torch.int64
     assert dm.split_dates["test"][1] == pd.Timestamp("2012-12-31")
     assert GoldDataModule(features=["gold", "log_return:gold"]).n_features == 2
 

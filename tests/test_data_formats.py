@@ -8,7 +8,12 @@ import pandas as pd
 import pytest
 
 from lstm_grad.data import DataError, GoldDataModule, load_series
-from lstm_grad.features import default_features
+from lstm_grad.features import choose_features, default_candidates
+
+
+def default_features(frame, target):
+    """The default features ``GoldDataModule`` would choose if every row were the train span."""
+    return choose_features(frame, target, None, lambda feats: feats, "f")[0]
 
 
 def write(tmp_path, text, name="prices.csv", newline="\n", bom=False):
@@ -35,7 +40,7 @@ Date,Open,High,Low,Close,Adj Close,Volume
     assert frame["Close"].tolist() == [2064.399902, 2064.399902, 2042.300049]
     assert frame["Volume"].tolist() == [19.0, 19.0, 243.0]
     assert "forward-filled 6 missing value(s) in 1 row(s)" in caplog.text
-    assert default_features(frame, "Close", frame, "f") == ["Open", "High", "Low", "Close", "Volume"]
+    assert default_features(frame, "Close") == ["Open", "High", "Low", "Close", "Volume"]
 
 
 def test_yfinance_download_three_row_header(tmp_path):
@@ -66,7 +71,7 @@ Date,Open,High,Low,Close,Volume,Dividends,Stock Splits
     assert frame["Close"].tolist() == [2185.5, 2182.5, 2158.0]
 
 
-def test_investing_export(tmp_path):
+def test_investing_export(tmp_path, caplog):
     path = write(tmp_path, '''
 "Date","Price","Open","High","Low","Vol.","Change %"
 "01/05/2024","2,049.80","2,045.10","2,078.00","2,030.10","","0.18%"
@@ -74,21 +79,24 @@ def test_investing_export(tmp_path):
 "01/03/2024","2,042.20","2,072.50","2,075.10","2,033.90","-","-1.45%"
 "01/02/2024","2,072.20","2,063.70","2,080.00","2,059.80","12.5K","0.65%"
 ''', bom=True)
-    frame = load_series(path)
+    with caplog.at_level(logging.INFO, logger="lstm_grad.data"):
+        frame = load_series(path)
     assert list(frame.columns) == ["Price", "Open", "High", "Low", "Vol.", "Change %"]
-    assert frame.index.equals(dates("2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"))
-    assert frame["Price"].tolist() == [2072.2, 2042.2, 2046.1, 2049.8]
-    assert frame["Vol."].tolist() == [12500.0, 12500.0, 1_200_000.0, 1_200_000.0]
-    assert frame["Change %"].tolist() == [0.65, -1.45, 0.18, 0.18]
+    # the newest row has no volume: never filled from the day before, the row is dropped (logged)
+    assert frame.index.equals(dates("2024-01-02", "2024-01-03", "2024-01-04"))
+    assert frame["Price"].tolist() == [2072.2, 2042.2, 2046.1]
+    assert frame["Vol."].tolist() == [12500.0, 12500.0, 1_200_000.0]
+    assert frame["Change %"].tolist() == [0.65, -1.45, 0.18]
+    assert "dropped 1 trailing row(s) after the last observed value of column 'Vol.' (from line 2)" in caplog.text
 
 
 def test_investing_constant_volume_is_replaced_by_a_derived_feature(tmp_path, caplog):
     frame = pd.DataFrame({"Price": [1.0, 2.0, 3.0], "Open": [1.0, 2.0, 2.5], "High": [2.0, 3.0, 4.0],
                           "Low": [0.5, 1.0, 2.0], "Vol.": [0.0, 0.0, 0.0]})
     with caplog.at_level(logging.INFO, logger="lstm_grad.data"):
-        names = default_features(frame, "Price", frame, "inv.csv")
+        names = default_features(frame, "Price")
     assert names == ["Price", "Open", "High", "Low", "log_return:Price"]
-    assert "default feature 'Vol.' is empty or constant on the train span" in caplog.text
+    assert "default feature 'Vol.' is constant on the train span; using 'log_return:Price'" in caplog.text
 
 
 def test_investing_all_dash_volume_is_left_out(tmp_path, caplog):
@@ -115,7 +123,7 @@ def test_fred_with_dot_for_missing(tmp_path, header):
     assert list(frame.columns) == ["GOLDAMGBD228NLBM"]
     assert frame.index.equals(dates("2024-01-02", "2024-01-03", "2024-01-04"))  # leading gap cannot be filled
     assert frame["GOLDAMGBD228NLBM"].tolist() == [2064.4, 2064.4, 2042.3]
-    assert default_features(frame, "GOLDAMGBD228NLBM", frame, "f")[1:] == [
+    assert default_candidates(frame, "GOLDAMGBD228NLBM")[0][1:] == [
         "log_return:GOLDAMGBD228NLBM", "volatility:GOLDAMGBD228NLBM:5", "volatility:GOLDAMGBD228NLBM:20",
         "momentum:GOLDAMGBD228NLBM:5"]
 
@@ -222,7 +230,7 @@ def test_non_positive_prices_with_log_returns(tmp_path):
 def test_explicit_constant_feature_is_refused(tmp_path):
     source = str(write(tmp_path, "date,price,vol\n" + "".join(
         f"{d:%Y-%m-%d},{100 + i},0\n" for i, d in enumerate(pd.bdate_range("2024-01-01", periods=40)))))
-    with pytest.raises(DataError, match="feature 'vol' is empty or constant"):
+    with pytest.raises(DataError, match="feature 'vol' is constant on the train span; drop it from data.features"):
         GoldDataModule(source=source, last_n_days=None, window=3, features=["price", "vol"]).setup("fit")
 
 

@@ -1,4 +1,5 @@
-"""Gradient diagnostics: the time profile, its reach, activation gradients, GradientMonitor."""
+"""Gradient diagnostics on our LSTMForecaster: the time profile, its reach, activation gradients, the
+probe callback, GradientMonitor's alarms and the non-finite guard."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import nn
 
 from lstm_grad.callbacks import GradientHealthWarning, GradientMonitor, TimeGradientProbe
 from lstm_grad.data import GoldDataModule
-from lstm_grad.gradients import lag_value, probe_gradients, time_grad_profile, time_reach
+from lstm_grad.diagnostics import lag_value, probe_gradients, time_grad_profile, time_reach
 from lstm_grad.model import ResidualLSTM
 from lstm_grad.module import LSTMForecaster
 
@@ -144,16 +145,17 @@ def test_vanishing_warns_once_naming_layer_step_value_and_fixes(tmp_path):
                                  enable_checkpointing=True, default_root_dir=tmp_path)
     messages = health_warnings(record)
     assert values["grad_norm/lstm_0"][2] < 1e-5
-    lstm_0 = [m for m in messages if "layer lstm_0 " in m]
+    lstm_0 = [m for m in messages if "group lstm_0 " in m]
     assert len(lstm_0) == 1, messages
-    assert f"at step 2: norm {values['grad_norm/lstm_0'][2]:.3g}" in lstm_0[0]
-    assert "orthogonal" in lstm_0[0] and "residual" in lstm_0[0] and "clip" in lstm_0[0]
-    assert "lstm_3" not in monitor.warned  # the top layer's gradient arrives
+    assert f"at step 2: norm {values['grad_norm/lstm_0'][2]:.3g} < 1e-05 for 3 logged steps" in lstm_0[0]
+    assert "orthogonal" in lstm_0[0] and "residual" in lstm_0[0] and "gated cell" in lstm_0[0]
+    assert "lstm_3" not in monitor.health.warned  # the top layer's gradient arrives
     checkpoint = torch.load(trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path,
                             weights_only=True)
     restored = GradientMonitor()
     restored.load_state_dict(checkpoint["callbacks"][monitor.state_key])
-    assert restored.warned == monitor.warned and restored.low_streak == monitor.low_streak
+    assert restored.health.warned == monitor.health.warned and restored.health.low_streak == monitor.health.low_streak
+    assert restored.state_dict() == monitor.state_dict()
 
 
 def test_residual_default_is_silent_and_logs_clip_rate_layout_histograms_figure(tmp_path):
@@ -171,7 +173,8 @@ def test_residual_default_is_silent_and_logs_clip_rate_layout_histograms_figure(
     histograms = sorted((c[1], c[3]) for c in calls if c[0] == "add_histogram")
     assert histograms == [(f"grad_hist/{k}", s) for k in ("head", "lstm_0", "lstm_1", "proj_1") for s in (0, n)]
     # one figure, at the end (drawing costs more than probing)
-    assert [(c[1], c[3]) for c in calls if c[0] == "add_figure"] == [("grad_time/profile", 2 * n)]
+    assert [(c[1], c[3]) for c in calls if c[0] == "add_figure"] == [("grad_time/profile", 2 * n),
+                                                                       ("grad_time/heatmap", 2 * n)]
     clipped = values["grad_health/clipped"]
     for step, rate in values["grad_health/clip_rate"].items():
         upto = [clipped[s] for s in clipped if s <= step]
@@ -210,8 +213,11 @@ def test_nonfinite_never_reaches_the_weights(tmp_path, policy):
         trainer, _, _ = fit(tmp_path, model=model, callbacks=[monitor, snapshot, checkpoint], epochs=3, batches=5,
                             log_every=2, enable_checkpointing=True)  # step 6 is not a logged step
     messages = health_warnings(record)
-    assert len(messages) == 1 and "non-finite gradient at step 6 (epoch 1) in layer lstm_0" in messages[0]
-    assert monitor.nonfinite == {"step": 6, "layers": ["lstm_0", "lstm_1", "proj_1", "head"]}
+    assert len(messages) == 1 and ("non-finite gradient at step 6 (epoch 1) in group lstm_0 (parameter "
+                                   "model.lstm_0.weight_ih_l0) (also lstm_1, proj_1, head)") in messages[0]
+    assert "the weights were not updated, so they are still the finite ones from before step 6" in messages[0]
+    assert monitor.nonfinite == {"step": 6, "groups": ["lstm_0", "lstm_1", "proj_1", "head"],
+                                 "parameter": "model.lstm_0.weight_ih_l0"}
     assert trainer.global_step == (7 if policy == "stop" else 15)
     weights = list(model.parameters())
     assert all(torch.isfinite(p).all() for p in weights)
@@ -225,7 +231,7 @@ def test_nonfinite_never_reaches_the_weights(tmp_path, policy):
 def test_nonfinite_raise_names_step_and_layer(tmp_path):
     data = GoldDataModule(source=str(synthetic_csv(tmp_path)), last_n_days=None, window=12)
     model = NaNAt(1, n_features=data.n_features, hidden_sizes=(6, 4), dropout=0.0, horizon=data.horizon)
-    with pytest.raises(FloatingPointError, match=r"step 1 \(epoch 0\) in layer lstm_0"):
+    with pytest.raises(FloatingPointError, match=r"step 1 \(epoch 0\) in group lstm_0 \(parameter model\.lstm_0\."):
         fit(tmp_path, model=model, callbacks=[GradientMonitor(on_nonfinite="raise")], batches=3)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -235,3 +241,22 @@ def test_monitor_arguments_are_checked():
         GradientMonitor(on_nonfinite="halt")
     with pytest.raises(ValueError, match="vanish_threshold < explode_threshold"):
         GradientMonitor(vanish_threshold=1.0, explode_threshold=0.5)
+
+
+def test_monitor_reuses_the_forecasters_norms_and_writes_each_tag_once(tmp_path, monkeypatch):
+    import lstm_grad.diagnostics.monitor as monitor_module
+
+    passes = []
+    real = monitor_module.measure
+    monkeypatch.setattr(monitor_module, "measure", lambda *a, **k: passes.append(k or a[1:]) or real(*a, **k))
+    logger = MemoryLogger()
+    trainer, values, _ = fit(tmp_path, callbacks=[GradientMonitor(check_every_step=False)], batches=3, logger=logger)
+    assert passes == []  # every step logged, every step measured by the module: no second pass
+    writes = [step for key, step in logger.writes if key == "grad_norm/total"]
+    assert writes == [0, 1, 2] and sorted(values["grad_health/clip_rate"]) == [0, 1, 2]
+    logger = MemoryLogger()
+    trainer, values, _ = fit(tmp_path, callbacks=[GradientMonitor(stats=("max", "rms"))], batches=3, logger=logger)
+    writes = [step for key, step in logger.writes if key == "grad_norm/total"]
+    assert writes == [0, 1, 2] and sorted(values["grad_max/lstm_0"]) == [0, 1, 2]  # max |g|: the monitor's pass
+    assert math.isclose(values["grad_rms/head"][1], values["grad_norm/head"][1] /
+                        math.sqrt(sum(p.numel() for p in trainer.lightning_module.model.head.parameters())), rel_tol=1e-6)

@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent('''
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             self.frozen, self.batch = copy.deepcopy(module.model).double(), [t.double() for t in batch]
         def on_before_optimizer_step(self, trainer, module, optimizer):
-            x, y, _ = self.batch
+            x, y, *_ = self.batch
             grads = torch.autograd.grad(torch.nn.functional.mse_loss(self.frozen(x), y), list(self.frozen.parameters()))
             squares = {{}}
             for (name, _), grad in zip(self.frozen.named_parameters(), grads):
@@ -42,6 +42,8 @@ SCRIPT = textwrap.dedent('''
             squares["total"] = sum(squares.values())
             step = trainer.global_step
             self.expected[step] = {{k: math.sqrt(v) for k, v in squares.items()}}
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            step = trainer.global_step - 1  # the module's norms are read in its clipping hook, after the hook above
             if module.last_grad_step == step:
                 self.seen[step] = dict(module.last_grad_norms)
 

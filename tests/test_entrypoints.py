@@ -18,6 +18,7 @@ from lstm_grad.data import GoldDataModule, load_series
 from lstm_grad.module import LSTMForecaster
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+RESIDUAL = Path(__file__).parents[1] / "configs" / "residual.yaml"
 FAST = ["--data.last_n_days", "300", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false"]
 
@@ -31,7 +32,8 @@ def event_scalars(run_dir: Path) -> dict[str, list[float]]:
 @pytest.mark.slow
 def test_fit_command_logs_true_norms_for_every_layer_and_writes_predictions(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "lstm_grad.fit", "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1", *FAST,
+        [sys.executable, "-m", "lstm_grad.fit", "--config", str(RESIDUAL),  # the recipe's 4-layer network
+         "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1", *FAST,
          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -76,16 +78,17 @@ def test_checkpoint_alone_rebuilds_the_model_and_the_scaler(tmp_path, monkeypatc
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     path = tmp_path / "model.ckpt"
     cli.trainer.save_checkpoint(path)
-    x, y, anchor = next(iter(cli.datamodule.test_dataloader()))
+    x, y, anchor, _ = next(iter(cli.datamodule.test_dataloader()))
     cli.model.eval()
     with torch.no_grad():
         expected = cli.datamodule.inverse_transform(cli.model(x), anchor)
 
     restored = LSTMForecaster.load_from_checkpoint(path).eval()
-    data = GoldDataModule(last_n_days=300)
+    saved = torch.load(path, weights_only=True)["datamodule_hyper_parameters"]  # the data settings too
+    data = GoldDataModule(**{k: v for k, v in saved.items() if not k.startswith("_")})
     data.setup("test")
     data.load_state_dict(torch.load(path, weights_only=True)["GoldDataModule"])  # the scaler
-    x2, _, anchor2 = next(iter(data.test_dataloader()))
+    x2, _, anchor2, _ = next(iter(data.test_dataloader()))
     with torch.no_grad():
         got = data.inverse_transform(restored(x2), anchor2)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
@@ -97,6 +100,7 @@ def test_print_config_shows_every_section():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     printed = yaml.safe_load(done.stdout)
-    assert printed["model"]["hidden_sizes"] == [128, 128, 128, 64]
+    assert printed["model"]["hidden_sizes"] == [128, 64, 32]  # the commands' default forecaster (cli.FORECASTER_DEFAULTS)
+    assert printed["data"]["target_mode"] == "log_return" and printed["data"]["price_levels"] is False
     assert printed["data"]["last_n_days"] == 1247 and printed["trainer"]["gradient_clip_val"] == 1.0
     assert printed["checkpoint"]["save_last"] is True

@@ -27,8 +27,8 @@ POLICIES = st.fixed_dictionaries({
     "missing": st.sampled_from(["ffill", "drop", "error"]),
     "duplicates": st.sampled_from(["error", "last"]),
     "dayfirst": st.booleans(),
-    "date_column": st.sampled_from([None, None, None, "Date", "nope"]),
-    "target": st.sampled_from([None, None, None, "Close", "Price", "price"]),
+    "date_column": st.sampled_from([None, None, None, "Date", "nope", "<DTYYYYMMDD>", "time"]),
+    "target": st.sampled_from([None, None, None, "Close", "Price", "price", "GLD", "CLOSE"]),
     "last_n_days": st.sampled_from([None, None, 1, 3]),
 })
 
@@ -39,12 +39,20 @@ HEADERS = [
     ["observation_date", "GOLDAMGBD228NLBM"],  # FRED
     [],  # headerless
     ["Price", "Close"],  # yfinance's first of three header rows, width chosen below
+    ["Date", "SPX", "GLD", "USO", "SLV", "EUR/USD"],  # multi-asset "gold price data"
+    ["Date", "USD (AM)", "USD (PM)", "GBP (AM)", "GBP (PM)"],  # LBMA fixes
+    ["<DTYYYYMMDD>", "<TIME>", "<OPEN>", "<HIGH>", "<LOW>", "<CLOSE>", "<VOL>"],  # MetaTrader 4
+    ["<DATE>", "<TIME>", "<OPEN>", "<HIGH>", "<LOW>", "<CLOSE>", "<TICKVOL>", "<VOL>", "<SPREAD>"],  # MetaTrader 5
+    ["time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume"],  # MetaTrader 5 (Python)
 ]
+TIME_HEADERS = ("<TIME>",)  # the second column holds a time of day
 DATES = st.one_of(
     st.dates(min_value=pd.Timestamp("1900-01-01").date(), max_value=pd.Timestamp("2100-12-31").date()).flatmap(
         lambda d: st.sampled_from([d.isoformat(), d.strftime("%m/%d/%Y"), d.strftime("%d/%m/%Y"),
                                    d.strftime("%Y/%m/%d"), d.strftime("%b %d, %Y"), d.strftime("%d-%b-%y"),
-                                   f"{d.isoformat()} 00:00:00-05:00", d.strftime("%m/%d/%y"), d.strftime("%d.%m.%Y")])),
+                                   f"{d.isoformat()} 00:00:00-05:00", d.strftime("%m/%d/%y"), d.strftime("%d.%m.%Y"),
+                                   d.strftime("%Y%m%d"), d.strftime("%Y.%m.%d"), d.strftime("%Y.%m.%d %H:%M"),
+                                   f"{d.month}/{d.day}/{d.year}"])),
     st.sampled_from(["2024-02-30", "13/13/2024", "0000-00-00", "", "Date", "Highest: 2,100.00", "29/02/2023",
                      "99999-01-01", "2024-01-01T25:00", "1/1/1", "2024-1-1", "\ufeff2024-01-02"]),
     st.text(max_size=12),
@@ -58,7 +66,10 @@ NUMBERS = st.one_of(
                      "1e-400", "0x10", "1_000", "١٢٣", "12.5KK", "%", "K", ",", "1,2,3", "'", '"', "1e", "e5"]),
     st.text(alphabet=st.characters(codec="utf-8"), max_size=8),
 )
-CELL = st.one_of(NUMBERS, DATES)
+TIMES = st.one_of(st.sampled_from(["000000", "00:00", "00:00:00", "093000", "23:59", "0930", "25:00", "99:99:99",
+                                   "", "-", "12:3", "1:00", "000060"]),
+                  st.times().map(lambda t: t.strftime("%H%M%S")), st.text(max_size=6))
+CELL = st.one_of(NUMBERS, DATES, TIMES)
 DELIMITERS = st.sampled_from([",", ";", "\t"])
 
 
@@ -75,6 +86,11 @@ def tables(draw) -> bytes:
     if dates and draw(st.booleans()):  # shuffled and duplicated dates
         dates = draw(st.permutations(dates + dates[: draw(st.integers(0, 3))]))
     rows = [[d] + draw(st.lists(NUMBERS, min_size=width - 1, max_size=width - 1)) for d in dates]
+    if len(header) > 1 and header[1] in TIME_HEADERS:  # MetaTrader: a time of day beside the date
+        constant = draw(st.booleans())
+        first = draw(TIMES)
+        for r in rows:
+            r[1] = first if constant else draw(TIMES)
     if rows and draw(st.booleans()):  # ragged rows
         i = draw(st.integers(0, len(rows) - 1))
         rows[i] = rows[i][: draw(st.integers(0, width + 2))] + draw(st.lists(CELL, max_size=2))
@@ -132,7 +148,7 @@ def test_arbitrary_small_tables_give_a_frame_or_data_error(content, policies):
     assert problems(content, policies) == []
 
 
-@settings(max_examples=EXAMPLES // 6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES // 6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(content=tables(), window=st.integers(1, 4), horizon=st.integers(1, 3),
        target_mode=st.sampled_from(["level", "log_return"]))
 def test_data_module_setup_gives_windows_or_data_error(content, window, horizon, target_mode):
@@ -171,3 +187,69 @@ def test_found_by_hypothesis_a_truncated_utf16_file_is_a_data_error(tmp_path):
     path.write_bytes(b"\xfe\xff" + b"\x00" * 23)  # BOM, then an odd number of bytes
     with pytest.raises(DataError, match="UTF-16 file but byte 24 cannot be decoded"):
         load_series(path)
+
+
+OTHER_ASSETS = ["SPX", "USO", "SLV", "EUR/USD", "USD/JPY", "BTC-USD", "Oil", "Silver", "TLT", "DXY", "Copper Close",
+                "Platinum (PM)", "Volume", "Change %", "Session"]
+GOLD_NAMES = ["GLD", "Gold", "XAU", "XAUUSD", "XAU/USD", "Gold_Price", "GoldPrice", "Close GC=F", "IAU", "gold",
+              "GOLDPMGBD228NLBM"]
+
+
+@SETTINGS
+@given(others=st.lists(st.sampled_from(OTHER_ASSETS), unique=True, max_size=7), gold=st.sampled_from(GOLD_NAMES),
+       position=st.integers(0, 7))
+def test_one_plainly_gold_column_among_other_assets_is_the_target(others, gold, position):
+    from lstm_grad.columns import default_target
+
+    assert default_target(others[:position] + [gold] + others[position:], "f.csv") == gold
+
+
+@SETTINGS
+@given(others=st.lists(st.sampled_from(OTHER_ASSETS[:12]), unique=True, min_size=2, max_size=7))
+def test_several_assets_none_gold_stop_with_every_candidate_listed(others):
+    from lstm_grad.columns import default_target, is_price_like
+
+    with pytest.raises(DataError) as error:
+        default_target(others, "f.csv")
+    candidates = [c for c in others if is_price_like(c)]
+    assert f"{candidates}; choose one with --data.target" in str(error.value)
+
+
+@st.composite
+def metatrader_files(draw) -> tuple[str, list[float], list[pd.Timestamp]]:
+    """A valid MetaTrader 4/5 export: its text, the CLOSE column and the dates it must load as: date and
+    time of day combined, or the date alone where a separate time column holds one value throughout."""
+    layout = draw(st.sampled_from(["mt4", "mt5", "mt5_python"]))
+    days = sorted(draw(st.lists(st.dates(min_value=pd.Timestamp("1990-01-01").date(),
+                                         max_value=pd.Timestamp("2030-12-31").date()), min_size=1, max_size=8,
+                                unique=True)))
+    hours = draw(st.lists(st.integers(0, 23), min_size=len(days), max_size=len(days)))
+    if draw(st.booleans()):
+        hours = [0] * len(days)  # a daily export: the time column never changes
+    closes = draw(st.lists(st.floats(1, 1e5).map(lambda v: round(v, 2)), min_size=len(days), max_size=len(days)))
+    stamps = [pd.Timestamp(d) + pd.Timedelta(hours=h) for d, h in zip(days, hours)]
+    if layout == "mt4":
+        head, cells = "<DTYYYYMMDD>,<TIME>,<OPEN>,<HIGH>,<LOW>,<CLOSE>,<VOL>", [
+            f"{t:%Y%m%d},{t:%H%M%S},{c},{c},{c},{c},10" for t, c in zip(stamps, closes)]
+    elif layout == "mt5":
+        head, cells = "<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>", [
+            f"{t:%Y.%m.%d}\t{t:%H:%M:%S}\t{c}\t{c}\t{c}\t{c}\t10\t0\t25" for t, c in zip(stamps, closes)]
+    else:
+        head, cells = "time,open,high,low,close,tick_volume,spread,real_volume", [
+            f"{t:%Y.%m.%d %H:%M},{c},{c},{c},{c},10,25,0" for t, c in zip(stamps, closes)]
+    separate_time = layout != "mt5_python"
+    if separate_time and len(set(hours)) == 1:
+        stamps = [t.normalize() for t in stamps]  # a constant time-of-day column is ignored
+    return "\n".join([head, *cells]) + "\n", closes, stamps
+
+
+@settings(SETTINGS, max_examples=max(EXAMPLES // 5, 10))  # each example writes and parses a file
+@given(file=metatrader_files())
+def test_metatrader_exports_load_exactly(file):
+    text, closes, stamps = file
+    path = FOLDER / "metatrader.csv"
+    path.write_text(text)
+    frame = load_series(path)
+    close = next(c for c in frame.columns if c.casefold() == "close")
+    assert frame[close].tolist() == closes
+    assert frame.index.tolist() == stamps

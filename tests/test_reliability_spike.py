@@ -35,6 +35,7 @@ def start(folder: Path, csv: Path, lr: str, *extra: str) -> subprocess.Popen:
     folder.mkdir()
     command = [sys.executable, "-m", "lstm_grad.fit", "--data.source", str(csv), "--data.last_n_days", "null",
                "--data.window", "8", "--data.batch_size", "16", "--model.hidden_sizes", "[8, 8]",
+               "--data.target_mode", "level", "--data.price_levels", "true", "--model.weight_decay", "0",  # raw spike
                "--model.lr", lr, "--trainer.gradient_clip_val", "null", "--trainer.max_epochs", "3",
                "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
                "--trainer.enable_model_summary", "false", "--time_probe.every_n_epochs", "0", *extra]
@@ -67,12 +68,14 @@ def test_spike_with_huge_learning_rates_ends_clearly_with_finite_checkpoints(tmp
 
     process, out, err = done["nonfinite"]
     assert process.returncode == 1, err[-2000:]  # no results table after a non-finite stop
-    assert err.rstrip().splitlines()[-1].startswith("error: training stopped early on a non-finite gradient")
+    last_line = err.rstrip().splitlines()[-1]
+    assert last_line.startswith("error: training stopped early on a non-finite gradient (step ")
+    assert re.search(r"the last finite weights are in \S+last\.ckpt \(epoch 0, step \d+\)", last_line), last_line
     assert "| model" not in out
     messages = [line for line in err.splitlines() if "non-finite gradient at step" in line]
     assert len(messages) == 1, err[-2000:]  # one message, not one per step
-    assert re.search(r"non-finite gradient at step \d+ \(epoch 0\) in layer lstm_0", messages[0])
-    assert "training stops" in messages[0]
+    assert re.search(r"non-finite gradient at step \d+ \(epoch 0\) in group lstm_0 \(parameter model\.", messages[0])
+    assert "training stops" in messages[0] and "checkpoint" not in messages[0]  # fit's last line names it
     checkpoint = last_checkpoint(tmp_path / "nonfinite")
     assert checkpoint["epoch"] == 0 and checkpoint["global_step"] < 10  # stopped in the first epoch
     assert finite(checkpoint)

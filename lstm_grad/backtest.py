@@ -1,0 +1,187 @@
+"""Walk-forward (rolling-origin) backtest: K folds, each trained from scratch on the data before its test span.
+
+``python -m lstm_grad.backtest [--config ...] [any fit flag] --folds K --test_days N [--output DIR]
+[--workers W] [--threads T] [--cluster ADDR]``
+
+Fold k of K tests on the k-th of K consecutive, non-overlapping spans of N trading days (rows of
+the series) that end at the series' last day. Each fold is an ordinary ``fit`` run on the data up to
+its test span's last day (``data.end``), with exact row counts: its validation span (early stopping,
+best checkpoint) is the N rows just before the test span, its train span everything before that
+(at most ``data.last_n_days`` rows in all, so the default 1,247 gives a rolling window and
+``--data.last_n_days null`` an expanding one); the scaler is fitted on that fold's train span only.
+The best checkpoint by ``val/loss`` is tested. Errors in price units are computed in float64 from
+the raw prices of the source. Folds are independent runs: ``lstm_grad.runs.run_jobs`` runs them in
+this process one after another, or in ``--workers`` processes, or on a Dask ``--cluster``.
+
+Writes DIR/backtest.csv (one row per fold and a pooled row ``fold=all`` over every test day),
+DIR/backtest_predictions.csv, DIR/backtest.md (the table, the command, the commit) and DIR/backtest.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lstm_grad.backtest_report import write_outputs
+from lstm_grad.baselines import forecast_metrics, persistence_forecast
+from lstm_grad.cli import GoldCLI, run_guarded
+from lstm_grad.console import release_logs
+from lstm_grad.data import DataError, GoldDataModule
+from lstm_grad.runs import run_jobs
+from lstm_grad.significance import diebold_mariano
+
+LOG = logging.getLogger("lstm_grad.backtest")
+FOLD_DEFAULTS = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+SPANS = ("train", "val", "test")
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """Split the command line into the backtest's own flags and the fit flags passed to every fold."""
+    parser = argparse.ArgumentParser(prog="python -m lstm_grad.backtest", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("--folds", type=int, default=5, help="number of test spans K (default 5)")
+    parser.add_argument("--test_days", type=int, default=250, help="trading days (rows) per test span N (default 250)")
+    parser.add_argument("--output", default="backtest", help="folder for the tables, figure and fold runs")
+    parser.add_argument("--workers", type=int, default=1, help="folds trained at once (joblib processes)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers)")
+    parser.add_argument("--cluster", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
+    own, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if own.folds < 1 or own.test_days < 2:
+        raise ValueError(f"--folds {own.folds} must be >= 1 and --test_days {own.test_days} >= 2")
+    return own, rest
+
+
+def plan_folds(fit_args: Sequence[str], folds: int, test_days: int, output: str | Path) -> list[dict[str, Any]]:
+    """Place K folds on the series' rows; return one picklable job per fold (dates as ISO strings).
+
+    Raises ValueError when a fold's train span would be too short for one window.
+    """
+    cli = GoldCLI(args=[*fit_args, "--trainer.logger", "false"], run=False)
+    settings = {k: v for k, v in cli.datamodule.hparams.items() if not k.startswith("_")}
+    full = GoldDataModule(**{**settings, "last_n_days": None})
+    full.setup("fit")
+    dates, length = full.row_dates(), len(full.row_dates())
+    window, horizon, cap = full.window, full.horizon, settings["last_n_days"] or length
+    if test_days - horizon + 1 < 2:
+        raise ValueError(f"--test_days {test_days} leaves fewer than 2 test windows at data.horizon={horizon}")
+    jobs = []
+    for k in range(1, folds + 1):
+        end_row = length - (folds - k) * test_days - 1  # the fold's last test row
+        rows = min(end_row + 1, cap)  # rows the fold's data module keeps (data.last_n_days)
+        first, train_rows = end_row + 1 - rows, rows - 2 * test_days
+        if train_rows < window + horizon:
+            raise DataError(f"{full.source}: fold {k} of {folds} has {max(train_rows, 0)} train rows before its "
+                            f"validation and test spans of {test_days} rows; it needs >= {window + horizon} "
+                            "(data.window + data.horizon): use fewer --folds, a smaller --test_days or more data "
+                            "(--data.last_n_days null)")
+        bounds = [first, first + train_rows, first + train_rows + test_days, end_row + 1]
+        spans = {f"{name}_{edge}": f"{dates[bounds[i] if edge == 'start' else bounds[i + 1] - 1]:%Y-%m-%d}"
+                 for i, name in enumerate(SPANS) for edge in ("start", "end")}
+        split = [train_rows / rows, test_days / rows, test_days / rows]
+        args = [*FOLD_DEFAULTS, *fit_args, "--data.end", spans["test_end"], "--data.last_n_days", str(rows),
+                "--data.split", json.dumps(split), "--trainer.logger.init_args.save_dir", str(output),
+                "--trainer.logger.init_args.name", f"fold_{k}"]
+        jobs.append({"fold": k, "folds": folds, "args": args, **spans})
+    LOG.info("%s: %d folds of %d test rows; validation = the %d rows before each test span; %s train window",
+             full.source, folds, test_days, test_days, "expanding" if cap >= length else f"rolling {cap}-row")
+    return jobs
+
+
+def quiet() -> None:
+    """Keep a fold's output to warnings: the backtest prints one progress line per fold instead."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lstm_grad"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*(does not have many workers|LightningCLI's args|LeafSpec).*")
+
+
+def fold_forecasts(model: torch.nn.Module, data: GoldDataModule) -> dict[str, np.ndarray]:
+    """Predict the test span; return float64 prices ``pred``, ``actual`` (N, H), ``anchor`` (N,) and ``dates`` (N, H).
+
+    ``actual`` and ``anchor`` (the last observed price) are the source's raw float64 prices
+    (``GoldDataModule.window_prices``), not the float32 training tensors.
+    """
+    test = data.datasets["test"]
+    anchor, actual = data.window_prices("test", torch.arange(len(test)))
+    model.eval()
+    with torch.no_grad():
+        scaled = model(test.windows[test.start].to(model.device)).cpu()  # (N, T, F) -> (N, H)
+    pred = data.inverse_transform(scaled, anchor).numpy()  # float64
+    dates = data.predict_target_dates()  # (N, H)
+    return {"pred": pred, "actual": actual.numpy(), "anchor": anchor.numpy(),
+            "dates": pd.DatetimeIndex(dates.reshape(-1)).strftime("%Y-%m-%d").to_numpy().reshape(dates.shape)}
+
+
+def score(pred: np.ndarray, actual: np.ndarray, anchor: np.ndarray) -> dict[str, float]:
+    """MAE, persistence MAE, MASE, directional accuracy and the DM p-value (squared loss, HAC lag H-1)."""
+    metrics = forecast_metrics(pred, actual, anchor)
+    naive = persistence_forecast(anchor, actual.shape[1])
+    dm = diebold_mariano(pred - actual, naive - actual, horizon=actual.shape[1])
+    return {"mae": metrics["mae"], "naive_mae": metrics["naive_mae"], "mase": metrics["mase"],
+            "dm_p": dm.p_value, "dir_acc": metrics["dir_acc"]}
+
+
+def run_fold(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one fold from scratch, test its best checkpoint, and score its test span (picklable in and out)."""
+    quiet()
+    cli = GoldCLI(args=job["args"], run=False)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    trainer.fit(model, datamodule=data)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.test(model, datamodule=data, ckpt_path=best or None, weights_only=True, verbose=False)  # loads best
+    forecasts = fold_forecasts(model, data)
+    return {**{k: v for k, v in job.items() if k != "args"}, **score(forecasts["pred"], forecasts["actual"],
+            forecasts["anchor"]), "days": forecasts["actual"].shape[0], "epochs": trainer.current_epoch,
+            "best_checkpoint": best, "scaler": data.state_dict(), **forecasts}
+
+
+def pooled(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ``fold=all`` row: metrics over every fold's test days together."""
+    arrays = {k: np.concatenate([r[k] for r in results]) for k in ("pred", "actual", "anchor")}
+    first, last = results[0], results[-1]
+    return {"fold": "all", **{k: "" for k in ("train_start", "train_end", "val_start", "val_end")},
+            "test_start": first["test_start"], "test_end": last["test_end"],
+            "days": sum(r["days"] for r in results), "epochs": sum(r["epochs"] for r in results),
+            **score(arrays["pred"], arrays["actual"], arrays["anchor"])}
+
+
+def progress(result: dict[str, Any]) -> str:
+    """One line per finished fold."""
+    return (f"fold {result['fold']}/{result['folds']}: train {result['train_start']}..{result['train_end']}, val "
+            f"{result['val_start']}..{result['val_end']}, test {result['test_start']}..{result['test_end']} "
+            f"({result['days']} windows, {result['epochs']} epochs): MAE {result['mae']:.3f} vs persistence "
+            f"{result['naive_mae']:.3f}, MASE {result['mase']:.3f}, DM p {result['dm_p']:.3f}")
+
+
+def backtest(argv: Sequence[str] | None = None) -> pd.DataFrame:
+    """Run the command; return the table (K fold rows and the pooled row) that it writes."""
+    own, fit_args = parse_args(argv)
+    output = Path(own.output)
+    for name in ("lightning.pytorch", "lightning.fabric", "matplotlib"):  # progress lines instead
+        logging.getLogger(name).setLevel(logging.WARNING)
+    jobs = plan_folds(fit_args, own.folds, own.test_days, output)
+    release_logs()  # the settings and data were good: show the held log lines
+    results = run_jobs(run_fold, jobs, workers=own.workers, threads_per_worker=own.threads, cluster=own.cluster,
+                       on_result=lambda _, result: print(progress(result), flush=True))
+    command = ["python", "-m", "lstm_grad.backtest", *(sys.argv[1:] if argv is None else argv)]
+    table = write_outputs(results, pooled(results), output, command)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {output / 'backtest.csv'}, backtest.md, backtest.png, backtest_predictions.csv")
+    return table
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(run_guarded(backtest))
+
+
+if __name__ == "__main__":
+    main()

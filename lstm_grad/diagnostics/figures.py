@@ -1,0 +1,66 @@
+"""Pictures of the gradient through time: one profile, and the epoch x lag heat map (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt
+
+
+def profile_figure(profile: Tensor, reach: float, step: int) -> Any:
+    """Plot ‖∂L/∂x_t‖ against lag (1 = last input step), log scale, reach marked."""
+    plt = pyplot()
+    lags = torch.arange(1, len(profile) + 1)
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.semilogy(lags.numpy(), profile.flip(0).clamp_min(1e-30).numpy(), color="tab:blue")
+    if reach:
+        axis.axvline(reach, color="tab:red", linestyle="--", linewidth=0.8, label=f"reach = {reach:.0f} steps")
+        axis.legend(loc="best")
+    axis.set_xlabel("lag (steps before the prediction)")
+    axis.set_ylabel("|dL/dx_t|")
+    axis.set_title(f"Gradient through time, step {step}")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def draw_heatmap(axis: Any, labels: Sequence[str], rows: Sequence[Sequence[float]], title: str) -> Any:
+    """Draw probes (rows, oldest on top) x lag (columns, lag 1 at the left) of ‖∂L/∂x_t‖ on ``axis``,
+    log colour scale; ``rows`` are time-ordered profiles (last element = lag 1). Returns the image."""
+    from matplotlib.colors import LogNorm
+
+    grid = torch.tensor([list(row)[::-1] for row in rows], dtype=torch.float64)  # (probes, lags), lag 1 first
+    positive = grid[grid > 0]
+    low = float(positive.min()) if len(positive) else 1e-30
+    high = float(grid.max()) if len(positive) else 1.0
+    image = axis.imshow(grid.clamp_min(low).numpy(), aspect="auto", interpolation="nearest", cmap="viridis",
+                        norm=LogNorm(vmin=low, vmax=max(high, low * 10)),
+                        extent=(0.5, grid.shape[1] + 0.5, len(rows) - 0.5, -0.5))
+    axis.set_yticks(range(len(rows)))
+    axis.set_yticklabels(labels, fontsize=7)
+    axis.set_xlabel("lag (steps before the prediction)")
+    axis.set_ylabel("probe")
+    axis.set_title(title)
+    return image
+
+
+def heatmap_figure(labels: Sequence[str], rows: Sequence[Sequence[float]], title: str = "") -> Any:
+    """One heat map with its colour bar (|dL/dx_t|, log scale)."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(7, 1.2 + 0.25 * len(rows)))
+    image = draw_heatmap(axis, labels, rows, title or "Gradient through time across training")
+    figure.colorbar(image, ax=axis, label="|dL/dx_t|")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure

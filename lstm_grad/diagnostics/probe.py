@@ -1,0 +1,175 @@
+"""``TimeGradientProbe``: how far back in time, and how deep, the gradient reaches, for any sequence model.
+
+Once before training and every ``every_n_epochs`` after that, one backward on a fixed probe batch
+(eval mode, parameters' ``.grad`` untouched) gives ‖∂L/∂x_t‖ for every step of the window and
+‖∂L/∂h‖ at each recurrent layer's output (:func:`lstm_grad.diagnostics.timegrad.probe_gradients`).
+Vanishing across depth shows as a small ``grad_act`` at the first recurrent layer next to a large
+one at the last; vanishing across time as a short ``grad_time/reach``; across training as the
+heat map's rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor
+
+from lstm_grad.diagnostics.figures import heatmap_figure, profile_figure
+from lstm_grad.diagnostics.timegrad import lag_value, probe_gradients, time_reach
+
+PROFILE_TAG = "grad_time/profile_values"  # the full profile per probe, as JSON text (diagnose reads it)
+
+
+class TimeGradientProbe(pl.Callback):
+    """Log the gradient's reach through time and depth on a fixed batch, for any (B, T, F) model.
+
+    Scalars (rank 0, at the current ``global_step``, through every logger): ``grad_time/lag_<k>`` for
+    each of ``lags`` that fits in the window (lag 1 = the last input step), ``grad_time/reach``
+    (largest lag whose gradient is >= ``fraction`` of the largest: the model's effective memory in
+    steps) and ``grad_act/<layer>``. TensorBoard-like loggers also get the profile as JSON text
+    (``grad_time/profile_values``) after every probe, and at the end of training the last profile
+    (``grad_time/profile``) and the epoch x lag heat map (``grad_time/heatmap``) as images.
+
+    Args:
+        every_n_epochs: probe after every n-th training epoch (and once before the first step); 0 = off.
+        probe_size: windows in the probe batch when it is taken from a loader.
+        lags: lags logged as scalars; lags beyond the window are skipped.
+        fraction: share of the largest gradient that still counts as reached.
+        log_figure: draw the profile and the heat map when training ends (once: drawing costs more
+            than probing).
+        probe_batch: ``(x, y)`` to probe, x (B, T, F) batch first; default: the first ``probe_size``
+            windows of the validation loader, else of the train loader (batches read as ``(x, y, ...)``).
+        loss_fn: ``loss_fn(prediction, y)``; default the module's own ``loss_fn`` attribute, else MSE.
+        layers: dotted paths of the submodules whose output gradient is logged as ``grad_act/<path>``;
+            default every ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (shared prefix dropped, as the groups).
+    """
+
+    def __init__(self, every_n_epochs: int = 1, probe_size: int = 16, lags: Sequence[int] = (1, 10, 30, 60),
+                 fraction: float = 0.01, log_figure: bool = True, probe_batch: Any = None,
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+                 layers: Sequence[str] | None = None) -> None:
+        if every_n_epochs < 0 or probe_size < 1 or not 0 < fraction < 1 or min(lags, default=1) < 1:
+            raise ValueError(f"need every_n_epochs >= 0, probe_size >= 1, 0 < fraction < 1 and lags >= 1; got "
+                             f"{every_n_epochs}, {probe_size}, {fraction}, {list(lags)}")
+        if probe_batch is not None and (not isinstance(probe_batch, (tuple, list)) or len(probe_batch) < 2):
+            raise ValueError("TimeGradientProbe: probe_batch must be (x, y) with x (B, T, F)")
+        self.every_n_epochs, self.probe_size = every_n_epochs, probe_size
+        self.lags, self.fraction, self.log_figure = tuple(lags), fraction, log_figure
+        self.loss_fn, self.layers = loss_fn, list(layers) if layers is not None else None
+        self.batch: tuple[Tensor, Tensor] | None = (probe_batch[0], probe_batch[1]) if probe_batch is not None else None
+        self._given_shape = tuple(probe_batch[0].shape) if probe_batch is not None else None  # part of state_key
+        self.last: dict[str, float] = {}
+        self.last_step = 0
+        self.profile: Tensor | None = None
+        self.history: list[dict[str, Any]] = []  # {"label", "step", "profile" (time order)} per probe
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(probe_size=self.probe_size, lags=self.lags, layers=self.layers,
+                                        batch=self._given_shape)
+
+    # ---- the probe batch --------------------------------------------------------------------------
+    def _loaders(self, trainer: pl.Trainer) -> list[Callable[[], Any]]:
+        """Where a batch may come from, in order: validation loaders, then the train loader."""
+        module, datamodule = trainer.lightning_module, trainer.datamodule
+        found: list[Callable[[], Any]] = []
+        if trainer.val_dataloaders is not None:  # set once a validation loop (or sanity check) has run
+            found.append(lambda: trainer.val_dataloaders)
+        if datamodule is not None and is_overridden("val_dataloader", datamodule):
+            found.append(datamodule.val_dataloader)
+        if is_overridden("val_dataloader", module):
+            found.append(module.val_dataloader)
+        found.append(lambda: trainer.train_dataloader)
+        return found
+
+    def _take_batch(self, trainer: pl.Trainer) -> tuple[Tensor, Tensor]:
+        for make in self._loaders(trainer):
+            loader = make()
+            if isinstance(loader, dict):
+                loader = next(iter(loader.values()), None)
+            if isinstance(loader, (list, tuple)):
+                loader = loader[0] if loader else None
+            if loader is None:
+                continue
+            with torch.random.fork_rng(devices=[]):  # iterating a shuffled loader must not move the run's RNG
+                taken = self._first_windows(loader)
+            if taken is not None:
+                return taken
+        raise ValueError("TimeGradientProbe: the validation and train loaders gave no batch; pass "
+                         "probe_batch=(x, y) or every_n_epochs=0")
+
+    def _first_windows(self, loader: Any) -> tuple[Tensor, Tensor] | None:
+        xs, ys, have = [], [], 0
+        for batch in loader:
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise ValueError(f"TimeGradientProbe reads (x, y, ...) batches; got {type(batch).__name__}; "
+                                 "pass probe_batch=(x, y)")
+            x, y = batch[0], batch[1]
+            xs.append(x[: self.probe_size - have])
+            ys.append(y[: self.probe_size - have])
+            have += len(xs[-1])
+            if have >= self.probe_size:
+                break
+        return (torch.cat(xs), torch.cat(ys)) if xs else None  # (N, T, F), (N, ...)
+
+    # ---- probing ----------------------------------------------------------------------------------
+    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, label: str = "") -> dict[str, float]:
+        """Run the probe now and log its scalars; return them."""
+        if self.batch is None:
+            self.batch = self._take_batch(trainer)
+        x, y = (t.to(pl_module.device) for t in self.batch)
+        own = getattr(pl_module, "loss_fn", None)
+        loss_fn = self.loss_fn or (own if callable(own) else F.mse_loss)
+        profile, acts = probe_gradients(pl_module, x, y, loss_fn, self.layers)
+        flat = torch.cat([profile, *(a.reshape(1) for a in acts.values())]).tolist()  # one host sync
+        profile_list, act_values = flat[: len(profile)], flat[len(profile):]
+        self.profile = profile.detach().cpu()
+        scalars = {f"grad_time/lag_{lag}": lag_value(profile_list, lag) for lag in self.lags}
+        scalars = {k: v for k, v in scalars.items() if v is not None}
+        scalars["grad_time/reach"] = float(time_reach(profile_list, self.fraction))
+        scalars.update({f"grad_act/{name}": v for name, v in zip(acts, act_values)})
+        self.last, self.last_step = scalars, trainer.global_step
+        self.history.append({"label": label or f"step {trainer.global_step}", "step": trainer.global_step,
+                             "profile": profile_list})
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=trainer.global_step)
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                experiment.add_text(PROFILE_TAG, json.dumps({"label": self.history[-1]["label"],
+                                                             "profile": profile_list}), trainer.global_step)
+        return scalars
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs and trainer.is_global_zero and not self.history:
+            self.probe(trainer, pl_module, "before training")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0 and trainer.is_global_zero:
+            self.probe(trainer, pl_module, f"epoch {epoch}")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draw the last profile and the heat map (the scalars above track them every epoch)."""
+        if not (self.every_n_epochs and trainer.is_global_zero and self.log_figure and self.profile is not None):
+            return
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                experiment.add_figure("grad_time/profile", profile_figure(self.profile, self.last["grad_time/reach"],
+                                                                          self.last_step), global_step=self.last_step)
+                labels = [h["label"] for h in self.history]
+                experiment.add_figure("grad_time/heatmap", heatmap_figure(labels, [h["profile"] for h in self.history]),
+                                      global_step=self.last_step)
+
+    # ---- state: the heat map continues across a resume ----------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state_dict.get("history", [])]

@@ -1,0 +1,253 @@
+"""Forecast past the data's last day from a checkpoint alone.
+
+``python -m lstm_grad.forecast --ckpt_path last [--data.source my_gold.csv] [--output FILE]``
+
+The checkpoint carries everything: the model's hyperparameters and weights, the data settings
+(window, horizon, target mode, loader options), the feature list and the train-span scaler. The
+source (by default the one the model was trained on; usually the user's CSV, updated since) must
+yield the same features; its last ``window`` rows are scaled with the checkpoint's statistics and
+the model predicts the next H trading days after its last date (:mod:`lstm_grad.trading_days`).
+Writes ``FILE`` (default ``<run dir>/forecast.csv``), a PNG beside it, and prints a small table.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lstm_grad.checkpoints import DATA_STATE_KEY, read_checkpoint
+from lstm_grad.cli import run_guarded
+from lstm_grad.console import release_logs
+from lstm_grad.data import DataError, GoldDataModule, load_series
+from lstm_grad.features import build_features, parse_feature
+from lstm_grad.module import LSTMForecaster
+from lstm_grad.trading_days import infer_calendar, next_trading_days
+
+LOG = logging.getLogger("lstm_grad.forecast")
+PLOT_DAYS = 120  # observed days shown before the forecast
+
+
+class LastWindow(NamedTuple):
+    """The model's input at the forecast origin: ``x`` (1, window, F) float32 scaled with the
+    checkpoint's statistics, ``last_price`` (float64, price units), ``last_date``, the observed
+    target prices ``history`` (float64 Series by date) and the trading ``calendar``."""
+
+    x: torch.Tensor
+    last_price: float
+    last_date: pd.Timestamp
+    history: pd.Series
+    calendar: str
+
+
+def resolve_checkpoint(path: str, save_dir: str | Path = "runs") -> Path:
+    """Turn ``last`` / ``best`` into the newest run's ``last.ckpt`` / best checkpoint; keep a path as is.
+
+    The newest run is the folder under ``save_dir`` (any experiment name, any depth) whose
+    ``checkpoints/last.ckpt`` was written last. Its best checkpoint is the one its ``last.ckpt``
+    names (``ModelCheckpoint.best_model_path``), else its newest ``*.ckpt`` other than ``last.ckpt``.
+    """
+    if path not in ("last", "best"):
+        return Path(path)
+    lasts = [p for p in Path(save_dir).rglob("last.ckpt") if p.parent.name == "checkpoints"]
+    if not lasts:
+        raise FileNotFoundError(f"--ckpt_path {path}: no run with checkpoints/last.ckpt under '{save_dir}'; "
+                                "train one with python -m lstm_grad.fit, or pass a checkpoint path")
+    last = max(lasts, key=lambda p: p.stat().st_mtime)
+    if path == "last":
+        return last
+    for state in (read_checkpoint(last).get("callbacks") or {}).values():
+        named = Path(str(state.get("best_model_path") or "")) if isinstance(state, dict) else Path()
+        if named.name and named.is_file():
+            return named
+    others = [p for p in last.parent.glob("*.ckpt") if p.name != "last.ckpt"]
+    return max(others, key=lambda p: p.stat().st_mtime) if others else last
+
+
+def load_forecaster(path: str | Path) -> tuple[LSTMForecaster, GoldDataModule]:
+    """Rebuild the model (eval mode, checkpoint weights) and its data module (checkpoint scaler) from ``path``."""
+    checkpoint = read_checkpoint(path)
+    model_hp = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+    data_hp = {k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
+    stats = checkpoint.get(DATA_STATE_KEY)
+    if not model_hp or not data_hp or not stats:
+        raise ValueError(f"{path}: not a checkpoint of python -m lstm_grad.fit (no model / data settings or scaler); "
+                         "use a checkpoint from a run of lstm_grad")
+    model = LSTMForecaster(**model_hp)
+    model.load_state_dict(checkpoint["state_dict"])
+    data = GoldDataModule(**data_hp)
+    data.load_state_dict(stats)
+    return model.eval(), data
+
+
+def warmup_rows(features: Sequence[str]) -> int:
+    """Rows a derived feature needs before its first value: 1 for a log return, ``days`` otherwise.
+
+    >>> warmup_rows(["gold", "log_return:gold", "volatility:gold:20"])
+    20
+    """
+    return max((days for _, _, days in map(parse_feature, features)), default=0)
+
+
+def last_window(data: GoldDataModule, source: str | None = None, end: str | None = None) -> LastWindow:
+    """Build the input for a forecast from ``source`` (default ``data.source``), up to ``end`` if given.
+
+    Uses the data module's loader settings and restored statistics (``data.state_dict()``). Raises
+    DataError naming every column the checkpoint's features need that ``source`` lacks, or how many
+    rows a window needs (``window`` + the longest feature warm-up) when the source has fewer.
+    """
+    stats = data.state_dict()
+    names, target, window = list(stats["feature_names"]), stats["target_name"], int(stats["window"])
+    where = str(source or data.source)
+    frame = load_series(where, date_column=data.date_column, dayfirst=data.dayfirst, missing=data.missing,
+                        duplicates=data.duplicates)
+    if end is not None:
+        frame = frame.loc[: pd.Timestamp(end)]
+    needed = list(dict.fromkeys([target, *(parse_feature(name)[1] for name in names)]))
+    missing = [column for column in needed if column not in frame.columns]
+    if missing:
+        raise DataError(f"{where}: missing column(s) {missing} that the checkpoint needs (target '{target}', features "
+                        f"{names}); this file has {list(frame.columns)}: use a file of the training data's layout")
+    rows = window + warmup_rows(names)
+    if len(frame) < rows:
+        raise DataError(f"{where}: {len(frame)} row(s); a forecast needs at least {rows} (data.window={window} plus "
+                        f"{rows - window} warm-up row(s) of the derived features)")
+    features = build_features(frame, names, where).iloc[-window:]
+    scaled = (features.to_numpy(dtype="float64") - np.array(stats["feature_mean"])) / np.array(stats["feature_std"])
+    if not np.isfinite(scaled).all():
+        raise DataError(f"{where}: the last {window} rows give non-finite features; check those rows of the file")
+    history = frame[target].astype("float64")
+    return LastWindow(torch.from_numpy(scaled.astype("float32")).unsqueeze(0), float(history.iloc[-1]),
+                      history.index[-1], history, infer_calendar(history.index, where))
+
+
+def forecast_frame(model: LSTMForecaster, data: GoldDataModule, source: str | None = None,
+                   end: str | None = None) -> pd.DataFrame:
+    """Predict the next H trading days after the source's last date; float64 prices.
+
+    Columns: ``date`` (ISO), ``step`` (1..H), ``forecast``, ``persistence`` (the last price),
+    ``last_date`` (ISO), ``last_price``. ``history`` (observed prices) is in ``frame.attrs``.
+    """
+    inputs = last_window(data, source, end)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        scaled = model(inputs.x.to(model.device)).cpu().double()  # (1, H) scaled targets
+    model.train(was_training)
+    anchor = torch.tensor([inputs.last_price], dtype=torch.float64)
+    prices = data.inverse_transform(scaled, anchor)[0].numpy()  # (H,) price units, float64
+    dates = next_trading_days(inputs.last_date, len(prices), inputs.calendar)
+    frame = pd.DataFrame({"date": dates.strftime("%Y-%m-%d"), "step": np.arange(1, len(prices) + 1),
+                          "forecast": prices, "persistence": inputs.last_price,
+                          "last_date": f"{inputs.last_date:%Y-%m-%d}", "last_price": inputs.last_price})
+    frame.attrs["history"] = inputs.history
+    return frame
+
+
+def forecast_table(frame: pd.DataFrame, max_rows: int = 10) -> str:
+    """Markdown table of the forecast; longer horizons show the first and last steps.
+
+    >>> print(forecast_table(pd.DataFrame({"step": [1], "date": ["2024-01-08"], "forecast": [2051.25],
+    ...                                    "persistence": [2049.5]})))
+    | step | date       |   forecast | persistence |
+    | ---- | ---------- | ---------- | ----------- |
+    |    1 | 2024-01-08 |   2051.250 |    2049.500 |
+    """
+    shown = frame if len(frame) <= max_rows else pd.concat([frame.head(max_rows // 2), frame.tail(max_rows // 2)])
+    lines = ["| step | date       |   forecast | persistence |", "| ---- | ---------- | ---------- | ----------- |"]
+    for k, row in enumerate(shown.itertuples()):
+        if len(frame) > max_rows and k == max_rows // 2:
+            lines.append("|  ... |            |            |             |")
+        lines.append(f"| {row.step:>4} | {row.date} | {row.forecast:>10.3f} | {row.persistence:>11.3f} |")
+    return "\n".join(lines)
+
+
+def forecast_line(frame: pd.DataFrame) -> str:
+    """One line for ``fit``'s report: the model's next trading day(s) next to persistence.
+
+    >>> print(forecast_line(pd.DataFrame({"step": [1], "date": ["2013-01-01"], "forecast": [917.5],
+    ...                                   "persistence": [915.88], "last_date": ["2012-12-31"]})))
+    forecast after 2012-12-31: 2013-01-01 model 917.50 vs persistence 915.88
+    """
+    first, last = frame.iloc[0], frame.iloc[-1]
+    steps = f"{first['date']} model {first['forecast']:.2f}"
+    if len(frame) > 1:
+        steps += f" ... {last['date']} (step {last['step']}) model {last['forecast']:.2f}"
+    return f"forecast after {first['last_date']}: {steps} vs persistence {first['persistence']:.2f}"
+
+
+def forecast_figure(frame: pd.DataFrame, history: pd.Series, title: str = "") -> Any:
+    """Plot the last ~120 observed prices, the forecast and the persistence line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    shown = history.iloc[-PLOT_DAYS:]
+    dates = pd.to_datetime(frame["date"])
+    figure, axis = plt.subplots(figsize=(10, 4))
+    axis.plot(shown.index, shown.to_numpy(), color="black", linewidth=1.2, label="observed")
+    axis.plot([shown.index[-1], *dates], [shown.iloc[-1], *frame["forecast"]], color="tab:orange",
+              marker="o", markersize=3, linewidth=1.2, label="model forecast")
+    axis.plot([shown.index[-1], dates.iloc[-1]], [shown.iloc[-1]] * 2, color="tab:gray", linestyle="--",
+              linewidth=0.9, label="persistence (last price)")
+    axis.axvline(shown.index[-1], color="tab:gray", linewidth=0.6)
+    axis.set_ylabel("price")
+    axis.set_title(title or f"Forecast after {shown.index[-1]:%Y-%m-%d}")
+    axis.legend(loc="best")
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lstm_grad.forecast", description=__doc__.splitlines()[0],
+                                     exit_on_error=False)
+    parser.add_argument("--ckpt_path", default="last",
+                        help="checkpoint file, or 'last' / 'best' of the newest run under --save_dir (default: last)")
+    parser.add_argument("--save_dir", default="runs", help="where 'last' / 'best' look for runs (default: runs)")
+    parser.add_argument("--data.source", dest="source", default=None,
+                        help="CSV (or 'embedded') to forecast from; default: the checkpoint's training source")
+    parser.add_argument("--data.end", dest="end", default=None, help="forecast as of this date (ISO); default: the last row")
+    parser.add_argument("--output", default=None, help="forecast CSV (default: <run dir>/forecast.csv); a PNG goes beside it")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise argparse.ArgumentError(None, f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def forecast_main(argv: Sequence[str] | None = None) -> pd.DataFrame:
+    """Run the command: resolve and load the checkpoint, forecast, write CSV + PNG, print the table."""
+    args = parse_args(argv)
+    path = resolve_checkpoint(args.ckpt_path, args.save_dir)
+    model, data = load_forecaster(path)
+    LOG.info("forecasting with %s (target %s, %s, window %d, horizon %d)", path, data.state_dict()["target_name"],
+             data.target_mode, data.window, data.horizon)
+    frame = forecast_frame(model, data, args.source, args.end)
+    release_logs()  # the input was good: show the held log lines (calendar choice ...) before the table
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    output = Path(args.output) if args.output else run_dir / "forecast.csv"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(output, index=False, float_format="%.6f")
+    forecast_figure(frame, frame.attrs["history"]).savefig(output.with_suffix(".png"), dpi=120)
+    print(f"forecast from {frame['last_date'].iloc[0]} (last price {frame['last_price'].iloc[0]:.2f}, "
+          f"source {args.source or data.source}); checkpoint {path}")
+    print(forecast_table(frame))
+    print(f"wrote {output} and {output.with_suffix('.png')}")
+    return frame
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(run_guarded(forecast_main))
+
+
+if __name__ == "__main__":
+    main()

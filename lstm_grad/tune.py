@@ -1,0 +1,285 @@
+"""Tune a forecaster with Optuna: ``python -m lstm_grad.tune --n_trials 20 [any fit flag]``.
+
+Each trial is a normal ``lstm_grad.fit`` training run (TensorBoard, gradient norms, checkpoints)
+under ``<out>/<study>/trial_<n>/`` with values drawn from the search space
+(``lstm_grad.tune_space``: ``model.lr`` log-uniform, stacks with and without residual adds,
+dropout, weight decay, window, target mode; ``--space my_space.yaml`` overrides it). The
+objective is the validation MASE in price units (model MAE / persistence MAE on the validation
+targets) of the trial's best checkpoint; checkpointing and early stopping follow ``val/mase`` too.
+Trials whose validation MASE falls behind the median of earlier trials at the same epoch are
+pruned (Optuna's ``MedianPruner`` through optuna-integration's Lightning callback). The test span
+is used once, at the end, by the best trial only.
+
+``--n_trials N`` is the number of finished (complete or pruned) trials the study should hold:
+with ``--storage sqlite:///study.db`` or ``--storage study.journal`` (an Optuna journal file),
+the same command started in several processes (or on several machines sharing the file or
+database) works on one study, and rerunning it after a kill resumes until N trials are done.
+
+Needs the optional extra: ``pip install -e ".[tune]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lstm_grad import tune_space
+from lstm_grad.cli import run_guarded
+from lstm_grad.fit import FitCLI, results_table
+from lstm_grad.runs import require_extra
+
+log = logging.getLogger(__name__)
+OBJECTIVE = "val/mase"
+#: before the user's flags (they may change them): trials print one line each, not a progress bar
+TRIAL_DEFAULTS = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Split the command line into the tuner's own flags and the flags handed to every fit."""
+    p = argparse.ArgumentParser(prog="python -m lstm_grad.tune", description=__doc__.splitlines()[0],
+                                allow_abbrev=False, epilog="Every other flag goes to each trial's fit "
+                                "(python -m lstm_grad.fit --help), e.g. --config configs/residual.yaml.")
+    p.add_argument("--n_trials", type=int, required=True, help="finished (complete or pruned) trials the study should hold")
+    p.add_argument("--storage", default=None, help="sqlite:///study.db, another database URL, or a journal file path; "
+                   "default: in memory (one process, no resume)")
+    p.add_argument("--study_name", default="lstm_grad", help="study name and folder under --out")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after SEC seconds")
+    p.add_argument("--space", default=None, help="YAML file overriding the search space (see lstm_grad.tune_space)")
+    p.add_argument("--out", default="runs/tune", help="trial runs go to OUT/STUDY/trial_<n>")
+    p.add_argument("--sampler_seed", type=int, default=None, help="seed of the TPE sampler (default: random)")
+    p.add_argument("--pruner_startup_trials", type=int, default=5, help="finished trials before pruning starts")
+    p.add_argument("--pruner_warmup_epochs", type=int, default=2, help="epochs of a trial that are never pruned")
+    args, fit_args = p.parse_known_args(list(argv))
+    if args.n_trials < 1:
+        raise ValueError(f"--n_trials must be >= 1, found {args.n_trials}")
+    return args, fit_args
+
+
+def open_storage(url: str | None) -> Any:
+    """In memory (None), a database URL (``sqlite:///study.db``) or an Optuna journal file (any path)."""
+    if url is None or "://" in url:
+        return url
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(url))
+
+
+def trial_flags(study_dir: Path, number: int) -> list[str]:
+    """Flags after the user's: the trial's folder, and selection / early stopping on the objective."""
+    return ["--trainer.logger.init_args.save_dir", str(study_dir), "--trainer.logger.init_args.name=",
+            "--trainer.logger.init_args.version", f"trial_{number}",
+            "--checkpoint.monitor", OBJECTIVE, "--checkpoint.mode", "min",
+            "--early_stopping.monitor", OBJECTIVE, "--early_stopping.mode", "min"]
+
+
+def preflight(space: dict[str, dict[str, Any]], fit_args: list[str]) -> None:
+    """Parse the fit flags with one point of the space and read the data once, before any trial:
+    a bad flag, config or data source stops here with one error line instead of failing trial 0."""
+    first = {name: spec["choices"][0] if "choices" in spec else spec["low"] for name, spec in space.items()}
+    cli = FitCLI(args=[*TRIAL_DEFAULTS, *fit_args, *tune_space.as_flags(first), "--trainer.logger=false"], run=False)
+    cli.datamodule.setup("fit")
+
+
+def objective(trial: Any, space: dict[str, dict[str, Any]], fit_args: list[str], study_dir: Path) -> float:
+    """Train one trial; return the validation MASE of its best checkpoint (NaN if it never validated)."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    values = tune_space.suggest(trial, space)
+    shutil.rmtree(study_dir / f"trial_{trial.number}", ignore_errors=True)  # a rerun never mixes event files
+    cli = FitCLI(args=[*TRIAL_DEFAULTS, *fit_args, *tune_space.as_flags(values), *trial_flags(study_dir, trial.number)],
+                 run=False)
+    trainer = cli.trainer
+    trial.set_user_attr("log_dir", str(trainer.log_dir))
+    trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=OBJECTIVE))
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    checkpoint = trainer.checkpoint_callback
+    trial.set_user_attr("best_checkpoint", checkpoint.best_model_path)
+    trial.set_user_attr("epochs", trainer.current_epoch)
+    score = checkpoint.best_model_score
+    return float(score) if score is not None else math.nan
+
+
+def progress_line(study: Any, trial: Any) -> None:
+    """Print one line per finished trial: number, state, val MASE, time, params."""
+    state = trial.state.name.lower()
+    if trial.value is not None:
+        value = f"val MASE {trial.value:.4f}"
+    elif trial.intermediate_values:
+        epoch = max(trial.intermediate_values)
+        value = f"val MASE {trial.intermediate_values[epoch]:.4f} at epoch {epoch}"
+    else:
+        value = "val MASE n/a"
+    seconds = trial.duration.total_seconds() if trial.duration else math.nan
+    params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in tune_space.decode(trial.params).items())
+    print(f"trial {trial.number:>3} | {state:<8} | {value} | {seconds:6.1f} s | {params}", flush=True)
+
+
+def finished(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def write_best_config(best: Any, study_name: str, path: Path) -> Path:
+    """Write the best trial's full fit config (its ``config.yaml``) as a config for ``lstm_grad.fit``."""
+    config = yaml.safe_load((Path(best.user_attrs["log_dir"]) / "config.yaml").read_text())
+    config["trainer"]["logger"]["init_args"].update({"save_dir": "runs", "name": f"tuned_{study_name}", "version": None})
+    config["trainer"].update({"enable_progress_bar": True, "enable_model_summary": True})
+    config.pop("ckpt_path", None)  # fit's resume flag: a config without it also serves `lstm_grad.cli fit`
+    params = ", ".join(f"{k}={v}" for k, v in tune_space.decode(best.params).items())
+    header = (f"# Best trial {best.number} of Optuna study '{study_name}': validation MASE {best.value:.6g}\n"
+              f"# tuned: {params}\n# checkpoint selection and early stopping follow val/mase (the tuning objective)\n"
+              f"# python -m lstm_grad.fit --config {path}\n")
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def evaluate_on_test(best: Any) -> dict[str, float]:
+    """Test (and predict) the best trial's best checkpoint: the only use of the test span."""
+    cli = FitCLI(args=["--config", str(Path(best.user_attrs["log_dir"]) / "config.yaml")], run=False)
+    ckpt = best.user_attrs["best_checkpoint"]
+    tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, return_predictions=False, weights_only=True)
+    return {k: float(v) for k, v in tested[0].items()}
+
+
+def write_plots(study: Any, study_dir: Path) -> list[Path]:
+    """Optuna's optimization history and parameter importances as PNG (matplotlib backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
+
+    paths = []
+    for name, plot in (("history", plot_optimization_history), ("importance", plot_param_importances)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ExperimentalWarning of the matplotlib backend
+            try:
+                axes = plot(study)
+            except (RuntimeError, ValueError) as error:  # e.g. importances need 2+ completed trials
+                log.info("%s plot skipped: %s", name, " ".join(str(error).split()))
+                continue
+        path = study_dir / f"{name}.png"
+        axes.figure.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(axes.figure)
+        paths.append(path)
+    return paths
+
+
+@contextlib.contextmanager
+def quiet_trials() -> Iterator[None]:
+    """One line per trial: Lightning's per-run banners and Optuna's own trial lines off; the levels
+    and warning filters are restored afterwards (``tune`` may run inside a longer Python session)."""
+    import optuna
+
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "lstm_grad")
+    levels = {name: logging.getLogger(name).level for name in names}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in names[:3]:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec).*")
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def tune(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run (or resume) the study; return the study, the best trial, its test metrics and the files written."""
+    args, fit_args = parse_args(sys.argv[1:] if argv is None else argv)
+    space = tune_space.load_space(args.space)
+    with quiet_trials():
+        preflight(space, fit_args)
+        return run_study(args, fit_args, space)
+
+
+def run_study(args: argparse.Namespace, fit_args: list[str], space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Create or load the study, run the trials still missing, then write and test the best one."""
+    import optuna
+
+    study_dir = Path(args.out) / args.study_name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=args.study_name, storage=open_storage(args.storage), direction="minimize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
+        pruner=optuna.pruners.MedianPruner(args.pruner_startup_trials, args.pruner_warmup_epochs))
+    todo = args.n_trials - finished(study)
+    print(f"study '{args.study_name}': {finished(study)} of {args.n_trials} trials finished; running up to "
+          f"{max(todo, 0)} here; objective {OBJECTIVE} (min); runs under {study_dir}", flush=True)
+    if todo > 0:
+        stop = optuna.study.MaxTrialsCallback(args.n_trials, states=(optuna.trial.TrialState.COMPLETE,
+                                                                     optuna.trial.TrialState.PRUNED))
+
+        def once(trial: Any) -> float:
+            value = objective(trial, space, fit_args, study_dir)
+            logging.getLogger("lstm_grad").setLevel(logging.WARNING)  # the data lines are said once
+            return value
+
+        started = time.perf_counter()
+        study.optimize(once, n_trials=todo, timeout=args.timeout, callbacks=[stop, progress_line])
+        print(f"trials done in {time.perf_counter() - started:.0f} s", flush=True)
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ValueError(f"study '{args.study_name}' has no completed trial with a finite val MASE; "
+                         f"see the trial lines above (widen the space or train longer)") from None
+    config = write_best_config(best, args.study_name, study_dir / "best.yaml")
+    metrics = evaluate_on_test(best)
+    study.trials_dataframe().to_csv(study_dir / "trials.csv", index=False)
+    plots = write_plots(study, study_dir)
+    return {"study": study, "best": best, "metrics": metrics, "config": config, "plots": plots,
+            "trials_csv": study_dir / "trials.csv"}
+
+
+def report(result: dict[str, Any]) -> str:
+    best = result["best"]
+    params = "\n".join(f"  {k}: {v}" for k, v in tune_space.decode(best.params).items())
+    return "\n".join([
+        "", f"best trial {best.number}: val MASE {best.value:.4f} (of {len(result['study'].trials)} trials)", params,
+        f"best config: {result['config']}  ->  python -m lstm_grad.fit --config {result['config']}",
+        f"test span, best trial's best checkpoint ({best.user_attrs['best_checkpoint']}):",
+        results_table(result["metrics"]),
+        f"trial log: {result['trials_csv']}; plots: {', '.join(str(p) for p in result['plots']) or 'none'}",
+        f"TensorBoard: tensorboard --logdir {Path(result['config']).parent}",
+    ])
+
+
+def tune_main(args: Sequence[str] | None = None) -> None:
+    print(report(tune(args)))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        require_extra(["optuna", "optuna_integration"], "python -m lstm_grad.tune", "tune")
+    except ImportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    try:
+        sys.exit(run_guarded(tune_main))
+    except KeyboardInterrupt:
+        print("interrupted: with --storage, rerun the same command to resume the study", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

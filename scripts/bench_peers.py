@@ -1,0 +1,114 @@
+"""Item 9 of ``scripts/bench.py``: our epoch time against darts' on the same network and windows.
+
+darts ``BlockRNNModel(model="LSTM")`` runs one ``nn.LSTM(num_layers=3, dropout=0.2)`` and a linear
+head (``darts/models/forecasting/block_rnn_model.py``, ``_BlockRNNModule``); ours runs the same plain
+3 x 128 stack as ``LSTMForecaster(hidden_sizes=(128, 128, 128), residual=False, init="default")`` with
+everything a default run has on: TensorBoard, validation metrics in price units, a checkpoint every
+epoch, ``GradientMonitor`` and ``TimeGradientProbe``. darts trains without validation, logger or
+checkpoints (its defaults). Both see the same training windows (60 days x 5 features -> 1 step),
+batch 32, Adam 1e-3, gradient clipping by norm 1.0, and the same ``EpochTimer`` callback: epoch time
+is training time, validation excluded. darts is optional (``pip install -e ".[peers]"``); without it
+the item is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from bench import BenchConfig, summary
+from lstm_grad import GradientMonitor, TimeGradientProbe
+from lstm_grad.callbacks import EpochTimer
+from lstm_grad.data import GoldDataModule
+from lstm_grad.module import LSTMForecaster
+
+PLAIN_STACK = (128, 128, 128)  # darts' n_rnn_layers=3, hidden_dim=128
+
+
+def darts_available() -> str | None:
+    """Return darts' version, or None when it is not installed."""
+    try:
+        import darts
+    except ImportError:
+        return None
+    return str(darts.__version__)
+
+
+def _epoch_seconds(timer: EpochTimer) -> float:
+    """Median epoch time of one fit, the first epoch (warm-up, first probe) left out when possible."""
+    times = timer.epoch_times[1:] or timer.epoch_times
+    return statistics.median(times)
+
+
+def ours(dm: GoldDataModule, epochs: int, seed: int = 0) -> Callable[[], float]:
+    """Return a thunk: ``Trainer.fit`` of the plain stack with a default run's logging and diagnostics."""
+    def run() -> float:
+        torch.manual_seed(seed)
+        module = LSTMForecaster(n_features=dm.n_features, hidden_sizes=PLAIN_STACK, residual=False,
+                                init="default", dropout=0.2, horizon=dm.horizon)
+        folder = tempfile.mkdtemp(prefix="bench_ours_")
+        timer = EpochTimer()
+        trainer = pl.Trainer(max_epochs=epochs, logger=TensorBoardLogger(folder, name="bench"),
+                             enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10,
+                             gradient_clip_val=1.0, default_root_dir=folder,
+                             callbacks=[timer, GradientMonitor(), TimeGradientProbe(),
+                                        ModelCheckpoint(dirpath=folder, save_last=True, monitor="val/loss")])
+        trainer.fit(module, datamodule=dm)
+        shutil.rmtree(folder, ignore_errors=True)
+        return _epoch_seconds(timer)
+    return run
+
+
+def theirs(dm: GoldDataModule, epochs: int, seed: int = 0) -> Callable[[], float]:
+    """Return a thunk: darts ``BlockRNNModel`` on the same train windows (target = feature 0, the other
+    features as past covariates, all already scaled on the train span)."""
+    from darts import TimeSeries
+    from darts.models import BlockRNNModel
+
+    train = dm.datasets["train"]
+    rows = len(train) + dm.window  # darts makes len - input_chunk - output_chunk + 1 samples
+    values = train.features[:rows].double().numpy()  # (rows, F)
+    target = TimeSeries.from_values(values[:, :1])
+    covariates = TimeSeries.from_values(values[:, 1:])
+
+    def run() -> float:
+        timer = EpochTimer()
+        model = BlockRNNModel(model="LSTM", input_chunk_length=dm.window, output_chunk_length=dm.horizon,
+                              hidden_dim=PLAIN_STACK[0], n_rnn_layers=len(PLAIN_STACK), dropout=0.2,
+                              batch_size=dm.batch_size, n_epochs=epochs, optimizer_kwargs={"lr": 1e-3},
+                              random_state=seed, save_checkpoints=False,
+                              pl_trainer_kwargs={"accelerator": "cpu", "gradient_clip_val": 1.0,
+                                                 "enable_progress_bar": False, "enable_model_summary": False,
+                                                 "callbacks": [timer]})
+        model.fit(target.astype("float32"), past_covariates=covariates.astype("float32"), verbose=False)
+        return _epoch_seconds(timer)
+    return run
+
+
+def item_darts(cfg: BenchConfig, dm: GoldDataModule) -> dict[str, Any]:
+    """Median epoch seconds of ours vs darts, fits interleaved; ``ratio`` = ours / darts (<= 1 wins)."""
+    version = darts_available()
+    if version is None:
+        return {"skipped": 'darts is not installed: pip install -e ".[peers]"'}
+    epochs = max(cfg.epochs, 3)
+    sides = {"lstm_grad": ours(dm, epochs), "darts": theirs(dm, epochs)}
+    for fn in sides.values():  # warm-up round, untimed
+        fn()
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(cfg.repeats):
+        for name, fn in sides.items():
+            seconds[name].append(fn())
+    out: dict[str, Any] = {name: summary(values) for name, values in seconds.items()}
+    out["ratio"] = out["lstm_grad"]["median"] / out["darts"]["median"]
+    out["pair_ratios"] = summary([a / b for a, b in zip(seconds["lstm_grad"], seconds["darts"])])
+    out.update(darts_version=version, epochs_per_fit=epochs, train_windows=len(dm.datasets["train"]),
+               measure="median epoch seconds per fit (EpochTimer, validation excluded), first epoch left out")
+    return out
