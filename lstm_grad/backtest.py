@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lstm_grad.backtest_report import write_outputs
+from lstm_grad.backtest_report import git_commit, write_outputs
 from lstm_grad.baselines import forecast_metrics, persistence_forecast
 from lstm_grad.cli import GoldCLI, run_guarded
 from lstm_grad.console import release_logs
@@ -139,7 +139,7 @@ def run_fold(job: dict[str, Any]) -> dict[str, Any]:
     trainer.test(model, datamodule=data, ckpt_path=best or None, weights_only=True, verbose=False)  # loads best
     forecasts = fold_forecasts(model, data)
     return {**{k: v for k, v in job.items() if k != "args"}, **score(forecasts["pred"], forecasts["actual"],
-            forecasts["anchor"]), "days": forecasts["actual"].shape[0], "epochs": trainer.current_epoch,
+            forecasts["anchor"]), "windows": forecasts["actual"].shape[0], "epochs": trainer.current_epoch,
             "best_checkpoint": best, "scaler": data.state_dict(), **forecasts}
 
 
@@ -149,7 +149,7 @@ def pooled(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     first, last = results[0], results[-1]
     return {"fold": "all", **{k: "" for k in ("train_start", "train_end", "val_start", "val_end")},
             "test_start": first["test_start"], "test_end": last["test_end"],
-            "days": sum(r["days"] for r in results), "epochs": sum(r["epochs"] for r in results),
+            "windows": sum(r["windows"] for r in results), "epochs": sum(r["epochs"] for r in results),
             **score(arrays["pred"], arrays["actual"], arrays["anchor"])}
 
 
@@ -157,7 +157,7 @@ def progress(result: dict[str, Any]) -> str:
     """One line per finished fold."""
     return (f"fold {result['fold']}/{result['folds']}: train {result['train_start']}..{result['train_end']}, val "
             f"{result['val_start']}..{result['val_end']}, test {result['test_start']}..{result['test_end']} "
-            f"({result['days']} windows, {result['epochs']} epochs): MAE {result['mae']:.3f} vs persistence "
+            f"({result['windows']} windows, {result['epochs']} epochs): MAE {result['mae']:.3f} vs persistence "
             f"{result['naive_mae']:.3f}, MASE {result['mase']:.3f}, DM p {result['dm_p']:.3f}")
 
 
@@ -167,12 +167,13 @@ def backtest(argv: Sequence[str] | None = None) -> pd.DataFrame:
     output = Path(own.output)
     for name in ("lightning.pytorch", "lightning.fabric", "matplotlib"):  # progress lines instead
         logging.getLogger(name).setLevel(logging.WARNING)
+    commit = git_commit()  # the code that runs, before anything can change it
     jobs = plan_folds(fit_args, own.folds, own.test_days, output)
     release_logs()  # the settings and data were good: show the held log lines
     results = run_jobs(run_fold, jobs, workers=own.workers, threads_per_worker=own.threads, cluster=own.cluster,
                        on_result=lambda _, result: print(progress(result), flush=True))
     command = ["python", "-m", "lstm_grad.backtest", *(sys.argv[1:] if argv is None else argv)]
-    table = write_outputs(results, pooled(results), output, command)
+    table = write_outputs(results, pooled(results), output, command, commit)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {output / 'backtest.csv'}, backtest.md, backtest.png, backtest_predictions.csv")
     return table

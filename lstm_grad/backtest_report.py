@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-COLUMNS = ["fold", "train_start", "train_end", "val_start", "val_end", "test_start", "test_end", "days",
+COLUMNS = ["fold", "train_start", "train_end", "val_start", "val_end", "test_start", "test_end", "windows",
            "mae", "naive_mae", "mase", "dm_p", "dir_acc", "epochs"]
 
 
@@ -29,12 +29,12 @@ def git_commit(folder: str | Path | None = None) -> str:
 
 def markdown_table(table: pd.DataFrame) -> str:
     """Render the backtest table as Markdown (MAE in price units, MASE, DM p, directional accuracy %)."""
-    lines = ["| fold | train | validation | test | days | MAE | persistence MAE | MASE | DM p | dir. acc. |",
+    lines = ["| fold | train | validation | test | windows | MAE | persistence MAE | MASE | DM p | dir. acc. |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in table.itertuples():
         train = f"{row.train_start}..{row.train_end}" if row.train_start else "—"
         val = f"{row.val_start}..{row.val_end}" if row.val_start else "—"
-        lines.append(f"| {row.fold} | {train} | {val} | {row.test_start}..{row.test_end} | {row.days} | "
+        lines.append(f"| {row.fold} | {train} | {val} | {row.test_start}..{row.test_end} | {row.windows} | "
                      f"{row.mae:.3f} | {row.naive_mae:.3f} | {row.mase:.4f} | {row.dm_p:.3f} | {100 * row.dir_acc:.1f} % |")
     return "\n".join(lines)
 
@@ -61,14 +61,14 @@ def figure(table: pd.DataFrame, predictions: pd.DataFrame) -> Any:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), gridspec_kw={"height_ratios": [1, 2]})
     positions = list(range(len(folds)))
     top.bar(positions, folds["mase"], color="tab:orange", label="model MASE per fold")
-    top.set_xticks(positions, [str(f) for f in folds["fold"]])
+    top.set_xticks(positions, [f"{r.fold}: {r.test_start[:7]}..{r.test_end[:7]}" for r in folds.itertuples()])
     top.axhline(1.0, color="black", linewidth=1, label="persistence (MASE 1)")
     if len(pooled):
         top.axhline(float(pooled["mase"].iloc[0]), color="tab:blue", linestyle="--", linewidth=1,
                     label=f"pooled MASE {float(pooled['mase'].iloc[0]):.3f}")
     low, high = float(folds["mase"].min()), float(folds["mase"].max())
     top.set_ylim(min(0.95, low - 0.02), max(1.05, high + 0.02))
-    top.set_xlabel("fold")
+    top.set_xlabel("fold: test span")
     top.set_ylabel("MASE")
     top.legend(loc="best", fontsize=8)
     first = predictions[predictions["step"] == 1]
@@ -81,15 +81,17 @@ def figure(table: pd.DataFrame, predictions: pd.DataFrame) -> Any:
     bottom.set_ylabel("price")
     bottom.set_title("Test spans: forecast vs actual")
     bottom.legend(loc="best", fontsize=8)
-    fig.autofmt_xdate()
+    bottom.tick_params(axis="x", labelrotation=30)  # fig.autofmt_xdate would hide the fold labels above
     fig.tight_layout()
     plt.close(fig)
     return fig
 
 
 def write_outputs(results: Sequence[dict[str, Any]], pooled_row: dict[str, Any], output: str | Path,
-                  command: Sequence[str]) -> pd.DataFrame:
-    """Write backtest.csv, backtest_predictions.csv, backtest.md and backtest.png under ``output``."""
+                  command: Sequence[str], commit: str) -> pd.DataFrame:
+    """Write backtest.csv, backtest_predictions.csv, backtest.md and backtest.png under ``output``.
+
+    ``commit`` is :func:`git_commit` taken when the run started (the code that ran)."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame([{k: r[k] for k in COLUMNS} for r in [*results, pooled_row]], columns=COLUMNS)
@@ -101,7 +103,7 @@ def write_outputs(results: Sequence[dict[str, Any]], pooled_row: dict[str, Any],
     horizon = first["actual"].shape[1]
     text = [
         "# Walk-forward backtest", "",
-        f"{len(results)} folds; each tests on {int(first['days']) + horizon - 1} consecutive rows (trading days) "
+        f"{len(results)} folds; each tests on {int(first['windows']) + horizon - 1} consecutive rows (trading days) "
         f"at horizon {horizon}, the test spans consecutive and ending at the series' last day. Each fold "
         "trains from scratch on the rows before its test span: validation (early stopping, best checkpoint) = "
         "the same number of rows just before the test span, train = the rows before that; the scaler is "
@@ -110,7 +112,7 @@ def write_outputs(results: Sequence[dict[str, Any]], pooled_row: dict[str, Any],
         "h-1, two-sided); the `all` row pools every fold's test days.", "",
         markdown_table(table), "",
         f"Command: `{shlex.join(command)}`", "",
-        f"Commit: `{git_commit()}`", "",
+        f"Commit: `{commit}` (when the run started)", "",
         "![backtest](backtest.png)", "",
     ]
     (output / "backtest.md").write_text("\n".join(text))

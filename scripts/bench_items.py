@@ -12,6 +12,7 @@ import math
 import shutil
 import statistics
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -21,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from bench import (BenchConfig, compare, fit_exponent, gemm_flops, gemm_shapes, interleave, lstm_gate_flops,
-                   machine_note, pick, summary, tensor_bytes, timed)
+from bench import (BenchConfig, HookClock, compare, fit_exponent, gemm_flops, gemm_shapes, interleave,
+                   lstm_gate_flops, machine_note, overridden_hooks, pick, summary, tensor_bytes, timed)
 from lstm_grad.data import GoldDataModule
 from lstm_grad.diagnostics import layer_grad_norms
 from lstm_grad.model import ResidualLSTM
@@ -42,13 +43,6 @@ def make_data(cfg: BenchConfig, days: int | None, window: int | None = None) -> 
     dm = GoldDataModule(last_n_days=days, window=window or cfg.window, batch_size=cfg.batch_size)
     dm.setup("fit")
     return dm
-
-
-class NoGradNorms(LSTMForecaster):
-    """``LSTMForecaster`` with gradient-norm logging off: the B side of item 2."""
-
-    def on_after_backward(self) -> None:
-        pass
 
 
 def lightning_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, module_cls: type = LSTMForecaster,
@@ -116,42 +110,80 @@ def item_lightning_vs_loop(cfg: BenchConfig, dm: GoldDataModule, epochs: int, re
     return out
 
 
-def item_grad_norms(cfg: BenchConfig, dm: GoldDataModule) -> dict[str, Any]:
-    runs = interleave({"on": lightning_fit(cfg, dm, cfg.epochs, log_every=1),
-                       "off": lightning_fit(cfg, dm, cfg.epochs, NoGradNorms, log_every=1)},
-                      cfg.repeats, cfg.warmup)
-    out = compare(runs, "on", "off", cfg.clock)
-    out["overhead"] = out["ratio"] - 1
+def hook_shares(fit: Callable[[], None], clock: HookClock, timer: Callable[[], float]) -> dict[str, Any]:
+    """Run one fit with ``clock`` already wrapped around the hooks; return seconds and shares."""
+    start = timer()
+    fit()
+    total = timer() - start
+    return {"fit_s": total, "diagnostics_s": clock.total(), "share": clock.total() / total,
+            "by_hook_s": dict(clock.seconds), "calls": dict(clock.calls)}
+
+
+def accounted(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summarise repeated hook-time accountings: the headline is the median share."""
+    shares = [r["share"] for r in runs]
+    return {"share": summary(shares), "overhead": statistics.median(shares), "runs": runs,
+            "method": "time inside the diagnostics' own hooks / wall time of the whole fit, same run"}
+
+
+def item_monitor_user_model(cfg: BenchConfig, dm: GoldDataModule) -> dict[str, Any]:
+    """Any-model monitor on a user's model (3-layer ``nn.LSTM`` + head), every step logged:
+    time inside ``GradientMonitor``'s hooks (norm pass, post-clip pass, sync, logger writes, alarms)
+    as a share of the fit. ``log_every_n_steps=1`` makes every step a logged step, so the share is
+    the cost of one logged step as a fraction of one training step."""
+    from bench_monitor import UserLSTM
+
+    from lstm_grad import GradientMonitor
+
+    runs = []
+    for round_ in range(cfg.warmup + max(3, cfg.repeats)):
+        pl.seed_everything(round_, verbose=False)
+        monitor, clock = GradientMonitor(), HookClock()
+        clock.wrap(monitor, "monitor", [*overridden_hooks(monitor, pl.Callback), "_finish"])
+        folder = tempfile.mkdtemp(prefix="bench_user_")
+        trainer = pl.Trainer(max_epochs=cfg.epochs, logger=TensorBoardLogger(folder, name="bench"),
+                             enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+                             gradient_clip_val=CLIP, limit_val_batches=0, enable_checkpointing=False,
+                             callbacks=[monitor])
+        result = hook_shares(lambda: trainer.fit(UserLSTM(dm.n_features), datamodule=dm), clock, time.perf_counter)
+        shutil.rmtree(folder, ignore_errors=True)
+        steps = clock.calls["monitor._finish"]  # one per optimizer step, every one logged here
+        # the issue's measure: the cost of one logged step as a share of one epoch
+        result["per_logged_step_of_epoch"] = (result["diagnostics_s"] / steps) / (result["fit_s"] / cfg.epochs)
+        if round_ >= cfg.warmup:
+            runs.append(result)
+    out = accounted(runs)
+    out["share_of_step"] = out.pop("share")  # log_every_n_steps=1: time in the monitor / time training
+    out["share"] = summary([r["per_logged_step_of_epoch"] for r in runs])
+    out["overhead"] = out["share"]["median"]
+    out["method"] = ("time inside GradientMonitor's hooks per logged step / epoch wall time (log_every_n_steps=1, "
+                     "so share_of_step is the same cost over the whole fit)")
     return out
-
-
-def diagnostic_callbacks() -> dict[str, type]:
-    """Find the diagnostics callbacks (issue 4) by name, imported lazily: absent ones are skipped."""
-    import importlib
-
-    found = {}
-    for module, name in (("lstm_grad.callbacks", "GradientMonitor"), ("lstm_grad.diagnostics", "GradientMonitor"),
-                         ("lstm_grad.callbacks", "TimeGradientProbe"), ("lstm_grad.diagnostics", "TimeGradientProbe")):
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        found.setdefault(name, cls)
-    return found
 
 
 def item_diagnostics(cfg: BenchConfig, dm: GoldDataModule) -> dict[str, Any]:
-    classes = diagnostic_callbacks()
-    if not classes:
-        return {"callbacks": [], "overhead": None, "note": "no diagnostics callbacks in lstm_grad yet"}
-    # per-run costs (the first probe, the one figure at the end) are spread over a few epochs, as in
-    # any real run; a 1-epoch fit would charge them all to one epoch
-    epochs = max(cfg.epochs, 3)
-    runs = interleave({"on": lightning_fit(cfg, dm, epochs, callbacks=lambda: [c() for c in classes.values()]),
-                       "off": lightning_fit(cfg, dm, epochs)}, cfg.repeats, cfg.warmup)
-    out = compare(runs, "on", "off", cfg.clock)
-    out.update(callbacks=sorted(classes), overhead=out["ratio"] - 1, epochs=epochs)
-    return out
+    """Default diagnostics in a default ``python -m lstm_grad.fit`` run (its own CLI, defaults, early
+    stopping): time inside ``GradientMonitor`` and ``TimeGradientProbe`` hooks and the module's
+    gradient-norm hook, as a share of the whole fit (test and predict not included)."""
+    from lstm_grad import GradientMonitor, TimeGradientProbe
+    from lstm_grad.fit import FitCLI
+
+    runs = []
+    for round_ in range(max(1, cfg.repeats // 2)):
+        folder = tempfile.mkdtemp(prefix="bench_default_")
+        cli = FitCLI(args=["--trainer.logger.init_args.save_dir", folder, "--trainer.enable_progress_bar", "false",
+                           *cfg.extra.get("fit_args", [])], run=False)
+        clock = HookClock()
+        for callback in cli.trainer.callbacks:
+            if isinstance(callback, (GradientMonitor, TimeGradientProbe)):
+                extra = ["_finish"] if isinstance(callback, GradientMonitor) else []
+                clock.wrap(callback, type(callback).__name__, [*overridden_hooks(callback, pl.Callback), *extra])
+        clock.wrap(cli.model, "LSTMForecaster", ["on_after_backward"])
+        result = hook_shares(lambda: cli.trainer.fit(cli.model, datamodule=cli.datamodule), clock, time.perf_counter)
+        result["epochs"] = cli.trainer.current_epoch
+        shutil.rmtree(folder, ignore_errors=True)
+        runs.append(result)
+    return accounted(runs)
 
 
 def gemm_program(shapes: list[tuple[int, int, int, int]]) -> Callable[[], None]:
@@ -292,14 +324,13 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             result["lightning_vs_loop_full"] = items["lightning_vs_loop_full"]["ratio"]
             spread["lightning_vs_loop_full"] = items["lightning_vs_loop_full"]["pair_ratios"]
             log(f"1 lightning / loop, full series: {result['lightning_vs_loop_full']:.4f}")
-    for number, name, key, measure in ((2, "grad_norms", "grad_norm_overhead", item_grad_norms),
+    for number, name, key, measure in ((2, "monitor_user_model", "monitor_overhead", item_monitor_user_model),
                                        (3, "diagnostics", "diagnostics_overhead", item_diagnostics)):
         if number in cfg.items:
             items[name] = measure(cfg, dm)
             result[key] = items[name]["overhead"]
-            if "pair_ratios" in items[name]:
-                spread[key] = {k: items[name]["pair_ratios"][k] - 1 for k in ("min", "median", "max")}
-            log(f"{number} {key}: {result[key]}")
+            spread[key] = items[name]["share"]
+            log(f"{number} {key}: {result[key]:.4f} (min {spread[key]['min']:.4f}, max {spread[key]['max']:.4f})")
     if 4 in cfg.items:
         items["gemm"] = item_gemm(cfg, dm)
         result["gemm_fraction"] = items["gemm"]["fraction"]

@@ -57,7 +57,7 @@ def test_folds_are_consecutive_test_spans_ending_at_the_last_day_with_training_s
         assert (row["val_start"], row["val_end"]) == (val[0], val[-1])
         assert row["train_end"] == dates[test_rows.start - TEST_DAYS - 1] < row["val_start"] < row["test_start"]
         assert row["train_start"] == dates[1]  # after the one warm-up row of log_return:Close (expanding window)
-        assert row["days"] == TEST_DAYS
+        assert row["windows"] == TEST_DAYS
     assert folds["test_end"].iloc[-1] == dates[-1] and folds["test_end"].iloc[0] < folds["test_start"].iloc[1]
     progress = [line for line in result["stdout"].splitlines() if line.startswith(f"fold ") and f"/{FOLDS}: train" in line]
     assert [line.split(":")[0] for line in progress] == ["fold 1/2", "fold 2/2"]  # one line per fold
@@ -92,11 +92,11 @@ def test_naive_mae_is_persistence_by_hand_and_the_pooled_row_is_the_mean_over_al
         assert row["mae"] == pytest.approx((mine["forecast"] - mine["actual"]).abs().mean(), rel=1e-5)
         test_days.append(days)
     pooled = csv[csv["fold"] == "all"].iloc[0]
-    assert pooled["days"] == FOLDS * TEST_DAYS
+    assert pooled["windows"] == FOLDS * TEST_DAYS
     assert pooled["naive_mae"] == pytest.approx(pd.concat(test_days).mean(), rel=1e-9)
     assert pooled["mae"] == pytest.approx((predictions["forecast"] - predictions["actual"]).abs().mean(), rel=1e-5)
     folds = csv[csv["fold"] != "all"]
-    assert pooled["mae"] == pytest.approx((folds["mae"] * folds["days"]).sum() / folds["days"].sum(), rel=1e-5)
+    assert pooled["mae"] == pytest.approx((folds["mae"] * folds["windows"]).sum() / folds["windows"].sum(), rel=1e-5)
     assert pooled["mase"] == pytest.approx(pooled["mae"] / pooled["naive_mae"], rel=1e-5)
     assert predictions["actual"].to_numpy() == pytest.approx(raw.loc[predictions["date"]].to_numpy(), abs=1e-9)
     assert 0 <= pooled["dm_p"] <= 1

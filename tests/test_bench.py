@@ -68,10 +68,10 @@ def test_tensor_bytes_counts_views_once():
 
 
 def test_verdicts_and_table():
-    assert {"lightning_vs_loop", "grad_norm_overhead", "diagnostics_overhead", "gemm_fraction"} <= set(HEADLINE)
+    assert {"lightning_vs_loop", "monitor_overhead", "diagnostics_overhead", "gemm_fraction"} <= set(HEADLINE)
     assert verdict("lightning_vs_loop", 1.02) == "ok" and verdict("lightning_vs_loop", 1.2) == "MISS"
     assert verdict("gemm_fraction", 0.95) == "ok" and verdict("gemm_fraction", 0.5) == "MISS"
-    assert verdict("grad_norm_overhead", None) == "n/a"
+    assert verdict("monitor_overhead", None) == "n/a"
     text = table({"lightning_vs_loop": 1.01, "spread": {"lightning_vs_loop": summary([1.0, 1.01, 1.02])}})
     assert "| lightning_vs_loop | 1 | 1.01 | 1 / 1.01 / 1.02 | <= 1.03 | ok |" in text
 

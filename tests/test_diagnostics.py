@@ -172,9 +172,12 @@ def test_residual_default_is_silent_and_logs_clip_rate_layout_histograms_figure(
         "Multiline", [r"grad_norm/.*"]]
     histograms = sorted((c[1], c[3]) for c in calls if c[0] == "add_histogram")
     assert histograms == [(f"grad_hist/{k}", s) for k in ("head", "lstm_0", "lstm_1", "proj_1") for s in (0, n)]
-    # one figure, at the end (drawing costs more than probing)
-    assert [(c[1], c[3]) for c in calls if c[0] == "add_figure"] == [("grad_time/profile", 2 * n),
-                                                                       ("grad_time/heatmap", 2 * n)]
+    # one heat-map image at the end, no matplotlib figure by default (log_figure=False: drawing costs more
+    # than probing)
+    assert [(c[0], c[1], c[3]) for c in calls if c[0] in ("add_figure", "add_image")] == [
+        ("add_image", "grad_time/heatmap", 2 * n)]
+    image = next(c[2] for c in calls if c[0] == "add_image")
+    assert image.shape == (3 * 12, trainer.datamodule.window * 6, 3)  # 3 probes x window lags, 12 x 6 px cells
     clipped = values["grad_health/clipped"]
     for step, rate in values["grad_health/clip_rate"].items():
         upto = [clipped[s] for s in clipped if s <= step]
@@ -260,3 +263,18 @@ def test_monitor_reuses_the_forecasters_norms_and_writes_each_tag_once(tmp_path,
     assert writes == [0, 1, 2] and sorted(values["grad_max/lstm_0"]) == [0, 1, 2]  # max |g|: the monitor's pass
     assert math.isclose(values["grad_rms/head"][1], values["grad_norm/head"][1] /
                         math.sqrt(sum(p.numel() for p in trainer.lightning_module.model.head.parameters())), rel_tol=1e-6)
+
+
+def test_heatmap_image_maps_the_log_scale_onto_viridis():
+    from matplotlib import colormaps
+
+    from lstm_grad.diagnostics.figures import heatmap_image
+
+    rows = [[1e-4, 1e-2, 1.0], [1.0, 1.0, 1.0]]  # time order: the last element is lag 1
+    image = heatmap_image(rows, cell=(2, 3))
+    assert image.shape == (4, 9, 3) and image.dtype == torch.uint8
+    lowest, highest = (torch.tensor(colormaps["viridis"](v, bytes=True)[:3]) for v in (0.0, 1.0))
+    assert torch.equal(image[0, 0], highest)  # lag 1 of the first probe: the largest value
+    assert torch.equal(image[0, 8], lowest)  # lag 3: the smallest (1e-4)
+    middle = torch.tensor(colormaps["viridis"](0.5, bytes=True)[:3])  # 1e-2 is half-way on a log scale
+    assert torch.equal(image[1, 4], middle) and torch.equal(image[3, 0], highest)

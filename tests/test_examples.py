@@ -48,7 +48,7 @@ def test_gru_forecaster_example(tmp_path):
     assert sorted(scalars["grad_health/clip_rate"]) == [4, 9]
     assert sorted(scalars["grad_time/reach"]) == [0, 6, 12] and "grad_time/lag_10" in scalars
     assert sorted(scalars["grad_act/gru"]) == [0, 6, 12]  # one 2-layer nn.GRU module: its output gradient
-    assert {"grad_time/profile", "grad_time/heatmap"} <= set(images)
+    assert "grad_time/heatmap" in images
 
 
 def test_transformer_encoder_example(tmp_path):

@@ -140,3 +140,20 @@ def test_calendar_is_inferred_from_the_data():
     assert next_trading_days(friday, 2, "calendar").strftime("%Y-%m-%d").tolist() == ["2024-04-20", "2024-04-21"]
     one_stray_sunday = pd.bdate_range("2024-01-01", periods=30).append(pd.DatetimeIndex(["2024-02-11"]))
     assert infer_calendar(one_stray_sunday) == "business"
+
+
+def test_the_default_inputs_without_price_levels_and_data_end(tmp_path):
+    from lstm_grad.data import GoldDataModule
+
+    raw = prices().round(6)  # exactly what the CSV holds
+    source = write(raw, tmp_path / "p.csv")
+    data = GoldDataModule(source=str(source), last_n_days=None, window=WINDOW, target_mode="log_return",
+                          price_levels=False, end="2024-03-29")  # a Friday, 15 business days before the last row
+    data.setup("fit")
+    assert data.feature_names == ["momentum:Close:20", "momentum:Open:20", "log_return:Close", "log_return:Open",
+                                  "volatility:Close:20"]
+    kept = raw.loc[:"2024-03-29"]
+    assert data.row_dates()[0] == kept.index[20] and data.row_dates()[-1] == pd.Timestamp("2024-03-29")
+    momentum = np.log(kept["Close"] / kept["Close"].shift(20)).iloc[20:]  # log(p_t / p_{t-20})
+    train = momentum.iloc[: round(0.7 * len(momentum))]
+    assert data.state_dict()["feature_mean"][0] == pytest.approx(train.mean(), rel=1e-9)

@@ -64,3 +64,23 @@ def heatmap_figure(labels: Sequence[str], rows: Sequence[Sequence[float]], title
     figure.tight_layout()
     plt.close(figure)
     return figure
+
+
+def heatmap_image(rows: Sequence[Sequence[float]], cell: tuple[int, int] = (12, 6)) -> Tensor:
+    """Return the epoch x lag heat map as an RGB image, (probes * cell[0], lags * cell[1], 3) uint8.
+
+    The same grid and log colour scale (viridis) as :func:`draw_heatmap`, without axes: a colour map
+    applied to an array costs milliseconds, where rendering a labelled matplotlib figure at the end of
+    training cost ~0.5 s, the largest single cost of the default diagnostics (``scripts/bench.py``
+    item 3). Rows top to bottom are probes oldest first; columns left to right are lag 1, 2, ...
+    """
+    from matplotlib import colormaps  # the colour table only; pyplot is not imported
+
+    grid = torch.tensor([list(row)[::-1] for row in rows], dtype=torch.float64)  # (probes, lags), lag 1 first
+    positive = grid[grid > 0]
+    low = float(positive.min()) if len(positive) else 1e-30
+    high = max(float(grid.max()) if len(positive) else 1.0, low * 10)
+    scaled = (grid.clamp_min(low).log() - torch.tensor(low).log()) / (torch.tensor(high).log() - torch.tensor(low).log())
+    rgba = colormaps["viridis"](scaled.clamp(0, 1).numpy(), bytes=True)  # (probes, lags, 4) uint8
+    image = torch.from_numpy(rgba[..., :3])
+    return image.repeat_interleave(cell[0], dim=0).repeat_interleave(cell[1], dim=1)  # (H, W, 3)

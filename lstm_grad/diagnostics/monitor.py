@@ -26,10 +26,11 @@ backward op that returns NaN, with the forward op's stack trace (slow: debug run
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
 import torch
@@ -39,6 +40,8 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lstm_grad.diagnostics.groups import ParameterGroups, parameter_groups
 from lstm_grad.diagnostics.health import GradientHealth
 from lstm_grad.diagnostics.norms import STATS, GroupNorms, measure, tag_scalars, total_grad_norm, was_clipped
+
+LOG = logging.getLogger(__name__)
 
 NONFINITE_POLICIES = ("stop", "skip", "raise")
 OVERFLOW_LIMIT = 25  # consecutive GradScaler overflows before a run is called non-finite
@@ -91,13 +94,16 @@ class GradientMonitor(pl.Callback):
             update, go on) or ``raise`` (``FloatingPointError``). Under an active GradScaler an
             overflow is the scaler's to handle; only 25 overflows in a row count as non-finite.
         check_every_step: also check finiteness on steps the logger does not write (one fused pass
-            and one host sync there); off = nothing at all is computed on those steps.
+            and one read of the result there); off = nothing at all is computed on those steps.
+            ``None`` (default): on when the module's parameters are on the CPU, where reading a
+            result stalls no device queue (measured: ``scripts/bench.py`` item 3), off on an
+            accelerator, where it would be a host sync per step; the choice is logged once.
         log_histograms_every_n_epochs: a histogram of each group's gradient every n epochs (0 = never).
     """
 
     def __init__(self, groups: Union[int, str, Mapping[str, str]] = "auto", stats: Sequence[str] = (),
                  vanish_threshold: float = 1e-5, relative_threshold: float = 1e-3, patience: int = 3,
-                 explode_threshold: float = 100.0, on_nonfinite: str = "stop", check_every_step: bool = True,
+                 explode_threshold: float = 100.0, on_nonfinite: str = "stop", check_every_step: Optional[bool] = None,
                  log_histograms_every_n_epochs: int = 0) -> None:
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"gradient_monitor.on_nonfinite={on_nonfinite!r} is unknown; use one of "
@@ -129,6 +135,12 @@ class GradientMonitor(pl.Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_custom_scalars"):
                 experiment.add_custom_scalars(custom_scalars_layout())
+        if self.check_every_step is None:
+            self.check_every_step = pl_module.device.type == "cpu"
+            if trainer.is_global_zero:
+                where = "every optimizer step" if self.check_every_step else "logged steps only"
+                LOG.info("GradientMonitor: finiteness checked on %s (parameters on %s; set check_every_step to "
+                         "choose)", where, pl_module.device.type)
         self._install(pl_module)
 
     @property
@@ -177,6 +189,9 @@ class GradientMonitor(pl.Callback):
         wants_max = logged and "max" in self.stats  # the module measures no max |g|
         if getattr(pl_module, "last_grad_step", None) == step and same_groups and not wants_max:
             self._pending = _Pending(step, logged, None)  # the module measured; reuse it
+        elif not logged and self.check_every_step and self._finite_quick():
+            self._pending = None  # a finite unlogged step: nothing to log, nothing to guard
+            self.overflow_streak = 0
         elif logged or self.check_every_step:
             scale = _unscale_factor(trainer, optimizer)
             module_wrote = getattr(pl_module, "last_grad_step", None) == step and same_groups
@@ -185,6 +200,18 @@ class GradientMonitor(pl.Callback):
             self._pending = None
         if self._pending is not None and not pl_module.automatic_optimization:  # no clipping hook follows
             self._finish(trainer, pl_module, optimizer, clip_may_act=False)
+
+    def _finite_quick(self) -> bool:
+        """True when the sum of every monitored gradient's norm is finite: one fused pass and one read,
+        about a quarter of the full grouped measurement (``scripts/bench.py`` item 3). False (a
+        non-finite gradient, or an fp16 sum that overflowed) sends the step to the full measurement,
+        which names the group and the parameter."""
+        grads = [param.grad for _, param, _ in self._groups.members if param.grad is not None]
+        if not grads:
+            return True
+        if len({(g.dtype, g.device) for g in grads}) > 1:  # torch.stack needs one dtype and device
+            return False
+        return math.isfinite(float(torch.stack(torch._foreach_norm(grads)).float().sum()))
 
     # ---- after clipping, before the update: one sync, guard, log, alarms ------------------------------
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer,

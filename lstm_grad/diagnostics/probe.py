@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
-from lstm_grad.diagnostics.figures import heatmap_figure, profile_figure
+from lstm_grad.diagnostics.figures import heatmap_figure, heatmap_image, profile_figure
 from lstm_grad.diagnostics.timegrad import lag_value, probe_gradients, time_reach
 
 PROFILE_TAG = "grad_time/profile_values"  # the full profile per probe, as JSON text (diagnose reads it)
@@ -34,15 +34,17 @@ class TimeGradientProbe(pl.Callback):
     (largest lag whose gradient is >= ``fraction`` of the largest: the model's effective memory in
     steps) and ``grad_act/<layer>``. TensorBoard-like loggers also get the profile as JSON text
     (``grad_time/profile_values``) after every probe, and at the end of training the last profile
-    (``grad_time/profile``) and the epoch x lag heat map (``grad_time/heatmap``) as images.
+    (``grad_time/profile``, with ``log_figure``) and the epoch x lag heat map (``grad_time/heatmap``) as images.
 
     Args:
         every_n_epochs: probe after every n-th training epoch (and once before the first step); 0 = off.
         probe_size: windows in the probe batch when it is taken from a loader.
         lags: lags logged as scalars; lags beyond the window are skipped.
         fraction: share of the largest gradient that still counts as reached.
-        log_figure: draw the profile and the heat map when training ends (once: drawing costs more
-            than probing).
+        log_figure: also draw the last profile (``grad_time/profile``) and a labelled heat map
+            (``grad_time/heatmap_figure``) as matplotlib figures when training ends (~0.5 s, more
+            than all the epochs' probes of a short run); the plain heat-map image
+            ``grad_time/heatmap`` is always logged, and ``diagnose`` draws the labelled one.
         probe_batch: ``(x, y)`` to probe, x (B, T, F) batch first; default: the first ``probe_size``
             windows of the validation loader, else of the train loader (batches read as ``(x, y, ...)``).
         loss_fn: ``loss_fn(prediction, y)``; default the module's own ``loss_fn`` attribute, else MSE.
@@ -51,7 +53,7 @@ class TimeGradientProbe(pl.Callback):
     """
 
     def __init__(self, every_n_epochs: int = 1, probe_size: int = 16, lags: Sequence[int] = (1, 10, 30, 60),
-                 fraction: float = 0.01, log_figure: bool = True, probe_batch: Any = None,
+                 fraction: float = 0.01, log_figure: bool = False, probe_batch: Any = None,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
                  layers: Sequence[str] | None = None) -> None:
         if every_n_epochs < 0 or probe_size < 1 or not 0 < fraction < 1 or min(lags, default=1) < 1:
@@ -156,15 +158,19 @@ class TimeGradientProbe(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draw the last profile and the heat map (the scalars above track them every epoch)."""
-        if not (self.every_n_epochs and trainer.is_global_zero and self.log_figure and self.profile is not None):
+        if not (self.every_n_epochs and trainer.is_global_zero and self.profile is not None):
             return
+        rows = [h["profile"] for h in self.history]
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("grad_time/heatmap", heatmap_image(rows).numpy(), global_step=self.last_step,
+                                     dataformats="HWC")
+            if self.log_figure and hasattr(experiment, "add_figure"):
                 experiment.add_figure("grad_time/profile", profile_figure(self.profile, self.last["grad_time/reach"],
                                                                           self.last_step), global_step=self.last_step)
                 labels = [h["label"] for h in self.history]
-                experiment.add_figure("grad_time/heatmap", heatmap_figure(labels, [h["profile"] for h in self.history]),
+                experiment.add_figure("grad_time/heatmap_figure", heatmap_figure(labels, rows),
                                       global_step=self.last_step)
 
     # ---- state: the heat map continues across a resume ----------------------------------------------
