@@ -77,6 +77,7 @@ def monitor_section(result: dict[str, Any]) -> list[str]:
 def page(result: dict[str, Any], source: str, monitor: dict[str, Any] | None) -> str:
     machine = result["machine"]
     lines = [INTRO, f"## Latest run: `{source}`", "",
+             f"Commit: `{machine.get('commit', 'not recorded')}`. "
              f"torch {machine['torch']}, {machine['threads']} threads, {machine['cpus']} CPUs; load average "
              f"{machine['loadavg'][0]:.2f} at the start, {machine['loadavg_end'][0]:.2f} at the end; "
              f"{result.get('bench_seconds', 0):.0f} s; clock {result['config']['clock']}.", "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,17 +36,24 @@ def profile_figure(profile: Tensor, reach: float, step: int) -> Any:
     return figure
 
 
+def _log_grid(rows: Sequence[Sequence[float]]) -> tuple[Tensor, float, float]:
+    """Return the probes x lags grid (float64, lag 1 first) and the ends of its log colour scale: the
+    smallest positive value and the largest (at least 10x the smallest)."""
+    grid = torch.tensor([list(row)[::-1] for row in rows], dtype=torch.float64)  # (probes, lags), lag 1 first
+    positive = grid[grid > 0]
+    low = float(positive.min()) if len(positive) else 1e-30
+    high = float(grid.max()) if len(positive) else 1.0
+    return grid, low, max(high, low * 10)
+
+
 def draw_heatmap(axis: Any, labels: Sequence[str], rows: Sequence[Sequence[float]], title: str) -> Any:
     """Draw probes (rows, oldest on top) x lag (columns, lag 1 at the left) of ‖∂L/∂x_t‖ on ``axis``,
     log colour scale; ``rows`` are time-ordered profiles (last element = lag 1). Returns the image."""
     from matplotlib.colors import LogNorm
 
-    grid = torch.tensor([list(row)[::-1] for row in rows], dtype=torch.float64)  # (probes, lags), lag 1 first
-    positive = grid[grid > 0]
-    low = float(positive.min()) if len(positive) else 1e-30
-    high = float(grid.max()) if len(positive) else 1.0
+    grid, low, high = _log_grid(rows)
     image = axis.imshow(grid.clamp_min(low).numpy(), aspect="auto", interpolation="nearest", cmap="viridis",
-                        norm=LogNorm(vmin=low, vmax=max(high, low * 10)),
+                        norm=LogNorm(vmin=low, vmax=high),
                         extent=(0.5, grid.shape[1] + 0.5, len(rows) - 0.5, -0.5))
     axis.set_yticks(range(len(rows)))
     axis.set_yticklabels(labels, fontsize=7)
@@ -76,11 +84,8 @@ def heatmap_image(rows: Sequence[Sequence[float]], cell: tuple[int, int] = (12, 
     """
     from matplotlib import colormaps  # the colour table only; pyplot is not imported
 
-    grid = torch.tensor([list(row)[::-1] for row in rows], dtype=torch.float64)  # (probes, lags), lag 1 first
-    positive = grid[grid > 0]
-    low = float(positive.min()) if len(positive) else 1e-30
-    high = max(float(grid.max()) if len(positive) else 1.0, low * 10)
-    scaled = (grid.clamp_min(low).log() - torch.tensor(low).log()) / (torch.tensor(high).log() - torch.tensor(low).log())
+    grid, low, high = _log_grid(rows)
+    scaled = (grid.clamp_min(low).log() - math.log(low)) / (math.log(high) - math.log(low))
     rgba = colormaps["viridis"](scaled.clamp(0, 1).numpy(), bytes=True)  # (probes, lags, 4) uint8
     image = torch.from_numpy(rgba[..., :3])
     return image.repeat_interleave(cell[0], dim=0).repeat_interleave(cell[1], dim=1)  # (H, W, 3)
