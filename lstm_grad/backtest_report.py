@@ -13,14 +13,18 @@ COLUMNS = ["fold", "train_start", "train_end", "val_start", "val_end", "test_sta
            "mae", "naive_mae", "mase", "dm_p", "dir_acc", "epochs"]
 
 
+CODE_PATHS = ("lstm_grad", "scripts", "configs", "pyproject.toml")  # what a run's numbers depend on
+
+
 def git_commit(folder: str | Path | None = None) -> str:
     """Return ``git rev-parse HEAD`` of the package's repository, plus "with uncommitted changes" when
-    ``git status --porcelain`` lists any; "unknown" outside a git checkout."""
+    ``git status --porcelain`` lists any in the code (``lstm_grad``, ``scripts``, ``configs``,
+    ``pyproject.toml``; results being written do not count); "unknown" outside a git checkout."""
     folder = Path(folder or Path(__file__).resolve().parents[1])
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
                               check=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=folder, capture_output=True, text=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=folder, capture_output=True, text=True,
                                check=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"

@@ -1,4 +1,4 @@
-"""Trivial forecasters on the model's own windows and metrics: persistence and a linear AR.
+"""Trivial forecasters on the model's own windows and metrics: persistence, drift and a linear AR.
 
 Any network has to beat these on the same test targets before its architecture matters. Both work
 on a fitted :class:`~lstm_grad.data.GoldDataModule` (its ``datasets[split]`` windows, scaled targets
@@ -47,6 +47,25 @@ def persistence_forecast(anchor: np.ndarray, horizon: int) -> np.ndarray:
     return np.repeat(anchor[:, None], horizon, axis=1)
 
 
+def drift_forecast(anchor: np.ndarray, train_prices: np.ndarray, horizon: int) -> np.ndarray:
+    """Return the random walk with drift: (N,) anchors -> (N, H) prices, anchor + h x slope.
+
+    The slope is the mean daily change over the train span, ``(p_last - p_first) / (n - 1)`` in
+    price units (Hyndman & Athanasopoulos, *Forecasting: Principles and Practice*, 3rd ed., 5.2
+    "Drift method"), fitted on ``train_prices`` (n,) only, so the test span never informs it.
+    Raises ``ValueError`` with fewer than two train prices.
+
+    >>> drift_forecast(np.array([10.0]), np.array([1.0, 2.0, 4.0]), 2).tolist()
+    [[11.5, 13.0]]
+    """
+    train_prices = np.asarray(train_prices, dtype=np.float64)
+    if len(train_prices) < 2:
+        raise ValueError(f"drift: need at least 2 train prices, got {len(train_prices)}")
+    slope = (train_prices[-1] - train_prices[0]) / (len(train_prices) - 1)
+    steps = np.arange(1, horizon + 1, dtype=np.float64)
+    return np.asarray(anchor, dtype=np.float64)[:, None] + slope * steps[None, :]
+
+
 def ar_design(windows: np.ndarray, lags: int) -> np.ndarray:
     """Return the AR design matrix: the last ``lags`` days of every feature, flattened, and a 1.
 
@@ -92,7 +111,8 @@ def baseline_forecasts(data: Any, lags_grid: Sequence[int] = AR_LAGS) -> dict[st
     The AR is fitted on the train windows in the data module's scaled target space (scaled price
     for ``level``, scaled log return for ``log_return``) and its number of lags is chosen by val
     MAE in price units; the test span is never used to choose. Returns ``{name: {"pred", "actual",
-    "anchor" (test prices: raw float64), "metrics", "lags"}}`` for ``persistence`` and ``linear_ar``.
+    "anchor" (test prices: raw float64), "metrics", "lags"}}`` for ``persistence``, ``drift`` (slope
+    from the raw train-span prices, :func:`drift_forecast`) and ``linear_ar``.
     """
     x_train, y_train, _, _ = _split_arrays(data, "train")
     x_val, _, a_val, actual_val = _split_arrays(data, "val")
@@ -109,9 +129,12 @@ def baseline_forecasts(data: Any, lags_grid: Sequence[int] = AR_LAGS) -> dict[st
     _, lags, coef = best
     ar_pred = _prices(data, predict_linear_ar(coef, x_test, lags), a_test)
     naive = persistence_forecast(a_test, horizon)
+    drift = drift_forecast(a_test, data._raw["prices"][: data._raw["train_rows"]], horizon)
     return {
         "persistence": {"pred": naive, "actual": actual, "anchor": a_test, "lags": 0,
                         "metrics": forecast_metrics(naive, actual, a_test)},
+        "drift": {"pred": drift, "actual": actual, "anchor": a_test, "lags": 0,
+                  "metrics": forecast_metrics(drift, actual, a_test)},
         "linear_ar": {"pred": ar_pred, "actual": actual, "anchor": a_test, "lags": lags,
                       "metrics": forecast_metrics(ar_pred, actual, a_test)},
     }

@@ -89,16 +89,19 @@ class ResidualLSTM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # B batch, T window, F features, H_i width of layer i, H horizon
+        last = self.layer_names[-1]
         for name in self.layer_names:
             out, _ = getattr(self, name)(x)  # (B, T, H_{i-1}) -> (B, T, H_i)
+            if name == last:  # only the last time step reaches the head: no dropout or skip on the rest
+                out, x = out[:, -1], x[:, -1]  # (B, H_last), (B, H_{last-1})
             out = self.dropout(out)
             skip = self.skips[name]
             if skip == "identity":
                 out = out + x
             elif skip is not None:
-                out = out + getattr(self, skip)(x)  # (B, T, H_{i-1}) -> (B, T, H_i)
+                out = out + getattr(self, skip)(x)  # (B, [T,] H_{i-1}) -> (B, [T,] H_i)
             x = out
-        return self.head(x[:, -1])  # (B, H_last) -> (B, H)
+        return self.head(x)  # (B, H_last) -> (B, H)
 
     def recurrent_layers(self) -> list[nn.Module]:
         return [getattr(self, name) for name in self.layer_names]

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablation_runs import BASELINES, COLUMNS, baseline_rows, run_key, train_run  # noqa: E402
+from ablation_runs import BASELINES, COLUMNS, baseline_rows, code_commit, run_key, train_run  # noqa: E402
 
 from lstm_grad.runs import check_workers, run_jobs  # noqa: E402
 
@@ -46,6 +46,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--last-n-days", type=int, default=1247)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra CLI override for every run, e.g. --set model.hidden_sizes=[8] (repeatable)")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="run from uncommitted code anyway; rows record '<sha>-dirty' and the pages flag them")
     p.add_argument("--report-only", action="store_true", help="train nothing; rewrite the pages from runs.csv")
     p.add_argument("--workers", type=int, default=1, help="parallel joblib processes (threads split between them)")
     p.add_argument("--threads", type=int, default=None,
@@ -117,7 +119,7 @@ class RunTable:
 # ---- the ablation ------------------------------------------------------------------------------
 def plan(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Return the baseline specs (one per horizon x mode) and the training specs (config x seed)."""
-    common = {"config_dir": args.config_dir, "runs_dir": args.runs_dir,
+    common = {"config_dir": args.config_dir, "runs_dir": args.runs_dir, "commit": args.commit,
               "overrides": args.overrides, "patience": args.patience, "last_n_days": args.last_n_days}
     base, train = [], []
     for horizon in args.horizon:
@@ -165,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         where(args)  # workers x threads <= cores, before anything runs
+        args.commit = "" if args.report_only else code_commit(allow_dirty=args.allow_dirty)
         if args.part in ("ablation", "all"):
             run_ablation(args)
         if args.part in ("depth", "all"):

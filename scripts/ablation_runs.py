@@ -11,6 +11,7 @@ import logging
 import math
 import shutil
 import statistics
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lstm_grad.backtest_report import CODE_PATHS
 from lstm_grad.baselines import baseline_forecasts
 from lstm_grad.significance import diebold_mariano
 
@@ -28,9 +30,44 @@ COLUMNS = ["config", "seed", "horizon", "target_mode", "last_n_days", "max_epoch
            "mae", "mse", "mase", "dir_acc", "acc_100_minus_mape", "naive_mae",
            "dm_sq_stat", "dm_sq_p", "dm_abs_stat", "dm_abs_p",
            "epoch_time_s", "epochs", "best_epoch", "best_val_loss", "val_mase", *GRAD_COLUMNS,
-           "val_losses", "wall_s", "log_dir"]
+           "val_losses", "wall_s", "log_dir", "commit", "torch", "lightning"]
 KEY = ("config", "seed", "horizon", "target_mode", "last_n_days", "max_epochs")
-BASELINES = ("persistence", "linear_ar")
+BASELINES = ("persistence", "drift", "linear_ar")
+
+
+def code_commit(folder: str | Path | None = None, allow_dirty: bool = False) -> str:
+    """Return ``git rev-parse HEAD`` of the repository the runs' code comes from.
+
+    Raises ``ValueError`` when any of ``CODE_PATHS`` has uncommitted or untracked changes (a
+    "-dirty" run is refused: its rows could not be reproduced from any commit) or outside a git
+    checkout. Changes elsewhere, such as the results being written, do not count.
+    ``allow_dirty`` (tests, trying things out) returns ``"<sha>-dirty"`` instead of raising; the
+    result pages flag such rows.
+    """
+    folder = Path(folder or Path(__file__).resolve().parents[1])
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=folder,
+                               capture_output=True, text=True, check=True, timeout=30).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError) as error:
+        raise ValueError(f"runs.csv records the commit of each run, but {folder} is not a git checkout "
+                         f"({error}); run from a clone") from error
+    changed = [line[3:] for line in dirty if line.strip()]
+    if changed and allow_dirty:
+        return f"{head}-dirty"
+    if changed:
+        raise ValueError(f"uncommitted changes in {', '.join(changed[:5])}: commit them first, so that every "
+                         f"row of runs.csv names a commit that reproduces it")
+    return head
+
+
+def versions() -> dict[str, str]:
+    """The torch and lightning versions a row was made with."""
+    import lightning
+    import torch
+
+    return {"torch": torch.__version__, "lightning": lightning.__version__}
 
 
 def run_key(row: dict[str, Any]) -> tuple[str, ...]:
@@ -128,6 +165,7 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any]:
         "val_mase": val_mase[best] if val_mase else math.nan,
         **grad_summary(scalars, trainer.num_training_batches, result["epochs"]),
         "val_losses": ";".join(f"{v:.6g}" for v in val_losses), "wall_s": wall, "log_dir": str(result["log_dir"]),
+        "commit": spec["commit"], **versions(),
     })
     return row
 
@@ -151,6 +189,7 @@ def baseline_rows(spec: dict[str, Any]) -> list[dict[str, Any]]:
         row.update({"config": name, "seed": 0, "max_epochs": 0, "mae": m["mae"], "mse": m["mse"],
                     "mase": m["mase"], "dir_acc": m["dir_acc"] if name != "persistence" else math.nan,
                     "acc_100_minus_mape": 100.0 - m["mape"], "naive_mae": m["naive_mae"], **dm,
-                    "log_dir": f"linear AR lags={fc['lags']}" if name == "linear_ar" else ""})
+                    "log_dir": f"linear AR lags={fc['lags']}" if name == "linear_ar" else "",
+                    "commit": spec["commit"], **versions()})
         rows.append(row)
     return rows

@@ -51,7 +51,7 @@ class BenchConfig:
 
     @classmethod
     def quick_config(cls, **kw: Any) -> "BenchConfig":
-        base = dict(quick=True, epochs=1, repeats=2, items=(1, 2, 3, 4, 9))
+        base = dict(quick=True, epochs=3, repeats=3, items=(1, 2, 3, 4, 9))
         return cls(**{**base, **kw})
 
 

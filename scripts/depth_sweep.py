@@ -22,14 +22,14 @@ import lightning.pytorch as pl
 import torch
 
 from ablation import read_rows, where
-from ablation_runs import quiet
+from ablation_runs import quiet, versions
 
 from lstm_grad.runs import run_jobs
 
 VARIANTS = [("plain", "default"), ("plain", "orthogonal"), ("residual", "default"), ("residual", "orthogonal")]
 COLUMNS = ["variant", "depth", "window", "width", "epochs", "ratio_start", "ratio_end", "reach_start",
            "reach_end", "test_mase", "test_mae", "epoch_time_s", "grad_first_start", "grad_last_start",
-           "grad_first_end", "grad_last_end", "log_dir"]
+           "grad_first_end", "grad_last_end", "wall_s", "log_dir", "commit", "torch", "lightning"]
 
 
 class StepNorms(pl.Callback):
@@ -55,6 +55,7 @@ def sweep_run(spec: dict[str, Any]) -> dict[str, Any]:
     from lstm_grad.cli import GoldCLI
 
     quiet()
+    start = time.perf_counter()
     residual, init = spec["variant"].split("/")
     depth, window, width = spec["depth"], spec["window"], spec["width"]
     version = f"d{depth}_w{window}"
@@ -92,13 +93,14 @@ def sweep_run(spec: dict[str, Any]) -> dict[str, Any]:
         "epoch_time_s": statistics.median(timer.epoch_times),
         "grad_first_start": norms.steps[0][first], "grad_last_start": norms.steps[0][last],
         "grad_first_end": statistics.median(s[first] for s in tail),
-        "grad_last_end": statistics.median(s[last] for s in tail), "log_dir": trainer.log_dir,
+        "grad_last_end": statistics.median(s[last] for s in tail), "wall_s": time.perf_counter() - start,
+        "log_dir": trainer.log_dir, "commit": spec["commit"], **versions(),
     }
 
 
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     shapes = [(d, 60) for d in args.depths] + [(args.sweep_depth, w) for w in args.windows if w != 60]
-    common = {"width": args.sweep_width, "epochs": args.sweep_epochs, "seed": args.sweep_seed,
+    common = {"width": args.sweep_width, "epochs": args.sweep_epochs, "seed": args.sweep_seed, "commit": args.commit,
               "config_dir": args.config_dir, "runs_dir": str(Path(args.runs_dir).parent / "depth")}
     # deepest / longest first, so the slow runs do not end up alone at the tail of the pool
     shapes.sort(key=lambda s: -s[0] * s[1])

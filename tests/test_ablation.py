@@ -2,12 +2,14 @@
 
 import csv
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lstm_grad.data import load_series
 
@@ -27,7 +29,7 @@ def tiny_args(tmp_path: Path) -> list[str]:
     return ["--configs", "baseline", "residual", "--seeds", "1", "--max-epochs", "1", "--last-n-days", "300",
             "--set", "model.hidden_sizes=[8]", "--set", "data.window=20", "--workers", "1", "--threads", "1",
             "--config-dir", str(SCRIPTS.parent / "configs"), "--out", str(tmp_path / "results"),
-            "--runs-dir", str(tmp_path / "runs")]
+            "--runs-dir", str(tmp_path / "runs"), "--allow-dirty"]
 
 
 @pytest.mark.slow
@@ -40,8 +42,11 @@ def test_tiny_ablation_end_to_end(tmp_path, ablation):
     with (out / "runs.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert set(REQUIRED) <= set(rows[0])
-    assert sorted(r["config"] for r in rows) == ["baseline", "linear_ar", "persistence", "residual"]
+    assert sorted(r["config"] for r in rows) == ["baseline", "drift", "linear_ar", "persistence", "residual"]
     assert all(r["horizon"] == "1" and r["target_mode"] == "level" for r in rows)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SCRIPTS.parent, capture_output=True, text=True).stdout.strip()
+    assert {r["commit"].removesuffix("-dirty") for r in rows} == {head}
+    assert {r["torch"] for r in rows} == {torch.__version__}
 
     # persistence by hand: last 300 days, split 70/10/20 by target row -> test targets are rows 240..299
     gold = load_series("embedded")["gold"].to_numpy()[-300:]
@@ -95,7 +100,7 @@ def test_joblib_and_dask_cluster_give_identical_rows(tmp_path, ablation):
     local = rows("joblib", [])
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         remote = rows("dask", ["--cluster", cluster.scheduler_address])
-    assert sorted(local) == ["baseline", "linear_ar", "persistence", "residual"]
+    assert sorted(local) == ["baseline", "drift", "linear_ar", "persistence", "residual"]
     assert local == remote
     assert float(local["residual"]["mae"]) > 0 and local["residual"]["grad_lstm_0_epoch1"] not in ("", "nan")
 
@@ -106,3 +111,25 @@ def test_bad_worker_count_is_one_error_line(tmp_path, ablation, capsys):
     assert ablation.main(args + ["--part", "ablation"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: 1 workers x 64 threads = 64 CPU threads >")
+
+
+def test_uncommitted_code_is_refused_and_results_do_not_count(tmp_path, ablation):
+    code_commit = ablation.code_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "lstm_grad").mkdir()
+    (tmp_path / "lstm_grad" / "a.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "runs.csv").write_text("config\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "results" / "runs.csv").write_text("config\nbaseline\n")  # results being written: still clean
+    assert code_commit(tmp_path) == head
+    (tmp_path / "lstm_grad" / "a.py").write_text("x = 2\n")
+    with pytest.raises(ValueError, match="uncommitted changes in lstm_grad/a.py"):
+        code_commit(tmp_path)
+    assert code_commit(tmp_path, allow_dirty=True) == f"{head}-dirty"

@@ -97,3 +97,17 @@ def test_baselines_on_real_windows_match_hand_persistence():
     ar = result["linear_ar"]
     assert ar["lags"] in (1, 2) and ar["pred"].shape == (len(test), 1)
     assert torch.isfinite(torch.from_numpy(ar["pred"])).all()
+
+
+def test_drift_slope_comes_from_the_raw_train_span_by_pandas():
+    from lstm_grad.data import load_series
+
+    data = GoldDataModule(last_n_days=200, window=10, horizon=3)
+    data.setup("fit")
+    gold = load_series("embedded")[data.target_name].iloc[-200:]  # the same span, read again by pandas
+    train = gold.iloc[: data._raw["train_rows"]]
+    slope = (train.iloc[-1] - train.iloc[0]) / (len(train) - 1)
+    result = baseline_forecasts(data, lags_grid=(1,))["drift"]
+    expected = result["anchor"][:, None] + slope * np.array([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(result["pred"], expected, rtol=0, atol=1e-9)
+    assert abs(slope) > 0  # a real slope, not persistence in disguise
