@@ -33,6 +33,36 @@ def ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (rank.get(r["variant"], 9), int(r["window"]), int(r["depth"])))
 
 
+def init_with_residuals(rows: list[dict[str, Any]]) -> list[str]:
+    """Residual stack at its deepest (window 60): torch's default init vs orthogonal, side by side."""
+    deep = [r for r in rows if int(r["window"]) == 60 and r["variant"].startswith("residual/")]
+    if not deep:
+        return ["(no residual rows)"]
+    depth = max(int(r["depth"]) for r in deep)
+    pair = {r["variant"]: r for r in deep if int(r["depth"]) == depth}
+    lines = [f"Residual stack, depth {depth}, window 60: does orthogonal init still matter once the skips are there?", "",
+             "| init | grad ratio first/last, start | … end | time reach, start | … end | test MASE |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for variant in ("residual/default", "residual/orthogonal"):
+        if variant in pair:
+            r = pair[variant]
+            lines.append(f"| {variant.split('/')[1]} | {f(r, 'ratio_start'):.3g} | {f(r, 'ratio_end'):.3g} | "
+                         f"{int(f(r, 'reach_start'))} | {int(f(r, 'reach_end'))} | {f(r, 'test_mase'):.2f} |")
+    return lines
+
+
+def provenance(rows: list[dict[str, Any]]) -> str:
+    commits = sorted({str(r.get("commit") or "not recorded") for r in rows})
+    walls = [f(r, "wall_s") for r in rows if math.isfinite(f(r, "wall_s"))]
+    text = f"Rows made at commit {', '.join(f'`{c}`' for c in commits)}"
+    versions = sorted({f"torch {r.get('torch')}, lightning {r.get('lightning')}" for r in rows if r.get("torch")})
+    if versions:
+        text += "; " + "; ".join(versions)
+    if walls:
+        text += f"; {len(walls)} runs, {sum(walls) / 60:.0f} min of run wall time in all"
+    return text + "."
+
+
 def write_depth_report(rows: list[dict[str, Any]], out: Path, args: argparse.Namespace) -> list[Path]:
     rows = ordered(rows)
     by_depth = [r for r in rows if int(r["window"]) == 60]
@@ -40,7 +70,8 @@ def write_depth_report(rows: list[dict[str, Any]], out: Path, args: argparse.Nam
     command = "python scripts/ablation.py " + " ".join(getattr(args, "argv_text", []))
     lines = [
         "# Depth / window sweep: where gradients vanish", "",
-        f"Command: `{command.strip()}`", "",
+        f"Command: `{command.strip()}`; rebuild from `depth.csv` alone with `python scripts/results_pages.py`.", "",
+        provenance(rows), "",
         f"Settings (cheap on purpose, so read trends, not decimals): {args.sweep_width} units per LSTM layer, "
         f"{args.sweep_epochs} epochs, seed {args.sweep_seed}, one run per cell; otherwise `configs/clipped.yaml` "
         "(embedded gold, last 1,247 days, level target, horizon 1, batch 32, Adam 1e-3, dropout 0.2, clipnorm 1.0). "
@@ -57,6 +88,7 @@ def write_depth_report(rows: list[dict[str, Any]], out: Path, args: argparse.Nam
         *([(out / "depth_notes.md").read_text().strip(), ""] if (out / "depth_notes.md").exists() else []),
         "## Depth (window 60)", "", *table(by_depth), "",
         f"## Window (depth {args.sweep_depth})", "", *table(by_window), "",
+        "## Orthogonal init in a residual stack", "", *init_with_residuals(rows), "",
     ]
     md = out / "depth.md"
     md.write_text("\n".join(lines) + "\n")

@@ -120,7 +120,7 @@ def run_depth_sweep(args: argparse.Namespace) -> None:
     path = out / "depth.csv"
     rows = {key(r): r for r in read_rows(path)}
     specs = plan(args)
-    todo = [s for s in specs if key(s) not in rows]
+    todo = [] if args.report_only else [s for s in specs if key(s) not in rows]
     print(f"depth sweep: {len(specs) - len(todo)} of {len(specs)} runs already in {path}; running {len(todo)} {where(args)}", flush=True)
     started = time.perf_counter()
 

@@ -1,0 +1,199 @@
+"""Rebuild every results page, and README's results section, from the committed CSVs; trains nothing.
+
+    python scripts/results_pages.py [--results results] [--readme README.md]
+
+- ``results/ablation.md`` / ``.png`` from ``results/runs.csv`` (the recipe's grid and the default
+  forecaster), ``results/silver/ablation.md`` from ``results/silver/runs.csv``, ``results/depth.md`` /
+  ``.png`` from ``results/depth.csv`` (through ``scripts/ablation.py --report-only``);
+- README.md, between ``<!-- results:begin -->`` and ``<!-- results:end -->``: the headline tables, built
+  from the same CSVs, ``results/backtest.csv`` (walk-forward, h=1), ``results/backtest_h30/backtest.csv``
+  and the step times in ``results/logs/full_protocol.log``.
+
+The numbers come from ``bash scripts/full_protocol.sh``; each row names the commit that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ablation  # noqa: E402
+from ablation_report import claims_table, grouped, num, stats  # noqa: E402
+from depth_report import init_with_residuals  # noqa: E402
+
+PROTOCOL = ["--seeds", "5", "--max-epochs", "50", "--patience", "10", "--last-n-days", "1247"]  # full_protocol.sh
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+RECIPE = ("baseline", "clipped", "orthogonal", "residual")
+REFERENCE = ("persistence", "drift", "linear_ar")
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def rebuild_pages(results: Path) -> None:
+    """Rewrite the ablation, silver and depth pages with ``scripts/ablation.py --report-only``."""
+    for folder in (results, results / "silver"):
+        rows = read(folder / "runs.csv")
+        if not rows:
+            continue
+        configs = sorted({r["config"] for r in rows} - set(REFERENCE), key=lambda c: (c not in RECIPE, c))
+        horizons = sorted({r["horizon"] for r in rows}, key=int)
+        modes = sorted({r["target_mode"] for r in rows})
+        ablation.main(["--part", "ablation", "--report-only", "--configs", *configs, "--horizon", *horizons,
+                       "--target-mode", *modes, *PROTOCOL, "--out", str(folder)])
+    if (results / "depth.csv").exists():
+        ablation.main(["--part", "depth", "--report-only", "--out", str(results)])
+
+
+def mean_sd(rows: list[dict[str, Any]], key: str, fmt: str = ".3f") -> str:
+    mean, sd = stats(rows, key)
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:{fmt}}" if len(rows) == 1 else f"{mean:{fmt}} ± {sd:{fmt}}"
+
+
+def dm_cell(rows: list[dict[str, Any]]) -> str:
+    """Seeds significantly worse / better than persistence (DM, squared loss, p < 0.05)."""
+    if not rows or rows[0]["config"] == "persistence":
+        return "—"
+    worse = sum(num(r, "dm_sq_p") < 0.05 and num(r, "dm_sq_stat") > 0 for r in rows)
+    better = sum(num(r, "dm_sq_p") < 0.05 and num(r, "dm_sq_stat") < 0 for r in rows)
+    return f"{worse} worse, {better} better of {len(rows)}"
+
+
+def forecaster_table(groups: dict, horizons: Sequence[str], mode: str, model: str) -> list[str]:
+    lines = ["| horizon | forecaster | runs | MAE (price) | MASE | DM p < 0.05 vs persistence | directional acc. (%) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for horizon in horizons:
+        by_config = groups.get((horizon, mode), {})
+        for name in (model, *REFERENCE):
+            rows = by_config.get(name, [])
+            if rows:
+                acc = "n/a" if name == "persistence" else mean_sd([{**r, "d": num(r, "dir_acc") * 100} for r in rows], "d", ".1f")
+                lines.append(f"| {horizon} | {name} | {len(rows)} | {mean_sd(rows, 'mae', '.2f')} | "
+                             f"{mean_sd(rows, 'mase')} | {dm_cell(rows)} | {acc} |")
+    return lines
+
+
+def recipe_table(groups: dict) -> list[str]:
+    keys = sorted((k for k in groups if any(c in groups[k] for c in RECIPE)), key=lambda k: (int(k[0]), k[1]))
+    head = " | ".join(f"h={h}, `{m}`" for h, m in keys)
+    lines = [f"| config | {head} |", "| --- |" + " --- |" * len(keys)]
+    for name in (*RECIPE, "default", "drift", "linear_ar"):
+        cells = []
+        for key in keys:
+            rows = groups[key].get(name, [])
+            cells.append(f"{mean_sd(rows, 'mase')} ({dm_cell(rows)})" if rows else "—")
+        if any(c != "—" for c in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def convergence_table(groups: dict) -> list[str]:
+    keys = sorted((k for k in groups if any(c in groups[k] for c in RECIPE)), key=lambda k: (int(k[0]), k[1]))
+    head = " | ".join(f"h={h}, `{m}`" for h, m in keys)
+    lines = [f"| config | {head} |", "| --- |" + " --- |" * len(keys)]
+    for name in (*RECIPE, "default"):
+        cells = []
+        for key in keys:
+            rows = sorted(groups[key].get(name, []), key=lambda r: int(r["seed"]))
+            cells.append(", ".join(str(int(num(r, "best_epoch"))) for r in rows) or "—")
+        if any(c != "—" for c in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def backtest_table(results: Path) -> list[str]:
+    lines = ["| horizon | fold | test span | MAE | persistence MAE | MASE | DM p |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for horizon, path in (("1", results / "backtest.csv"), ("30", results / "backtest_h30" / "backtest.csv")):
+        for row in read(path):
+            lines.append(f"| {horizon} | {row['fold']} | {row['test_start']}..{row['test_end']} | {num(row, 'mae'):.3f} | "
+                         f"{num(row, 'naive_mae'):.3f} | {num(row, 'mase'):.4f} | {num(row, 'dm_p'):.3f} |")
+    return lines if len(lines) > 2 else ["(no backtest CSV yet)"]
+
+
+def provenance(results: Path, rows: list[dict[str, Any]]) -> list[str]:
+    commits = sorted({r.get("commit") or "not recorded" for r in rows})
+    for md in (results / "backtest.md", results / "backtest_h30" / "backtest.md"):
+        if md.exists():
+            commits += re.findall(r"[Cc]ommit:? `?([0-9a-f]{40}[^`\n]*)", md.read_text())
+    steps = re.findall(r"done\s+(\S+): (\d+) s", (results / "logs" / "full_protocol.log").read_text()
+                       if (results / "logs" / "full_protocol.log").exists() else "")
+    versions = sorted({f"torch {r['torch']}, lightning {r['lightning']}" for r in rows if r.get("torch")})
+    lines = [f"Made at commit {', '.join(f'`{c}`' for c in sorted(set(commits)))} ({'; '.join(versions)}) by "
+             "`bash scripts/full_protocol.sh` on a quiet 2-core CPU (two single-thread runs at a time); this section "
+             "and the pages are rebuilt from the CSVs by `python scripts/results_pages.py`."]
+    if steps:
+        total = sum(int(s) for _, s in steps)
+        lines.append("Wall time per step: " + ", ".join(f"{name} {int(s) / 60:.0f} min" for name, s in steps)
+                     + f"; {total / 60:.0f} min in all.")
+    return lines
+
+
+def readme_section(results: Path) -> str:
+    rows = read(results / "runs.csv")
+    groups = grouped(rows)
+    silver = grouped(read(results / "silver" / "runs.csv"))
+    depth = read(results / "depth.csv")
+    level_h1 = groups.get(("1", "level"), {})
+    parts = [
+        *provenance(results, rows + read(results / "silver" / "runs.csv") + depth), "",
+        "**The default forecaster** (`configs/default.yaml`, log-return target), 5 seeds, test span 2012 "
+        "([`results/ablation.md`](results/ablation.md)); drift and the linear AR are fitted on the train span:", "",
+        *forecaster_table(groups, ["1", "30"], "log_return", "default"), "",
+        "**Walk-forward**, default forecaster, full series (expanding window), 5 folds of 250 trading days "
+        "([`results/backtest.md`](results/backtest.md), [`results/backtest_h30/backtest.md`](results/backtest_h30/backtest.md)):", "",
+        *backtest_table(results), "",
+        "**A second real series**: the embedded silver column (`--set data.target=silver`), default forecaster, h=1 "
+        "([`results/silver/ablation.md`](results/silver/ablation.md)):", "",
+        *forecaster_table(silver, ["1"], "log_return", "default"), "",
+        "**The recipe's four configs** (and the default), MASE mean ± std over 5 seeds, with the seeds whose "
+        "Diebold-Mariano test against persistence is significant (p < 0.05):", "",
+        *recipe_table(groups), "",
+        "**Convergence**: the epoch of the tested (best `val/loss`) checkpoint, per seed 0-4 (at most 50 epochs, "
+        "early stopping patience 10). The recipe says its fixes reach their best in ~32-35 epochs where the plain "
+        "network needs 50+:", "",
+        *convergence_table(groups), "",
+        "**The recipe's claims** at its own setting (h=1, level target), baseline → residual:", "",
+        *(claims_table(level_h1, 10) if level_h1 else ["(no level rows)"]), "",
+        "**Depth** ([`results/depth.md`](results/depth.md)): " + " ".join(init_with_residuals(depth)[:1]), "",
+        *init_with_residuals(depth)[2:],
+    ]
+    return "\n".join(parts)
+
+
+def rewrite_readme(readme: Path, section: str) -> None:
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"error: {readme}: no {BEGIN} ... {END} markers; add them where the results go")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{section}\n{END}{tail}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--readme", default="README.md")
+    args = parser.parse_args(argv)
+    results = Path(args.results)
+    rebuild_pages(results)
+    rewrite_readme(Path(args.readme), readme_section(results))
+    print(f"rewrote the pages under {results} and the results section of {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
