@@ -174,13 +174,14 @@ def readme_section(results: Path) -> str:
     return "\n".join(parts)
 
 
-def rewrite_readme(readme: Path, section: str) -> None:
+def rewrite_readme(readme: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the text between the ``begin`` and ``end`` marker lines of ``readme`` with ``section``."""
     text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"error: {readme}: no {BEGIN} ... {END} markers; add them where the results go")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{section}\n{END}{tail}")
+    if begin not in text or end not in text:
+        raise SystemExit(f"error: {readme}: no {begin} ... {end} markers; add them where the section goes")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{begin}\n{section}\n{end}{tail}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
