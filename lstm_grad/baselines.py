@@ -106,7 +106,7 @@ def _prices(data: Any, scaled: np.ndarray, anchor: np.ndarray) -> np.ndarray:
 
 
 def baseline_forecasts(data: Any, lags_grid: Sequence[int] = AR_LAGS) -> dict[str, dict[str, Any]]:
-    """Forecast the test span of a set-up ``GoldDataModule`` with persistence and a linear AR.
+    """Forecast the test span of a set-up ``GoldDataModule`` with persistence, drift and a linear AR.
 
     The AR is fitted on the train windows in the data module's scaled target space (scaled price
     for ``level``, scaled log return for ``log_return``) and its number of lags is chosen by val
