@@ -2,7 +2,7 @@
 ``scripts/bench_monitor.py --json`` wrote: the page is generated, never typed.
 
     python scripts/bench_report.py docs/benchmarks.json [--monitor docs/bench_monitor.json] [--profile docs/profile.json]
-        [--out docs/BENCHMARKS.md] [--readme README.md]
+        [--extra docs/benchmarks_item1_full.json ...] [--out docs/BENCHMARKS.md] [--readme README.md]
 
 ``--readme`` also rewrites README's performance table between ``<!-- bench:begin -->`` and
 ``<!-- bench:end -->``.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,11 +107,19 @@ def profile_section(profile: dict[str, Any]) -> list[str]:
 
 
 def page(result: dict[str, Any], source: str, monitor: dict[str, Any] | None,
-         profile: dict[str, Any] | None = None) -> str:
+         profile: dict[str, Any] | None = None, extra: dict[str, dict[str, Any]] | None = None) -> str:
     lines = [INTRO, f"## Latest run: `{source}`", "", provenance(result), "", table(result), "", details(result)]
     for name in ("monitor_user_model", "diagnostics"):
         if name in result["items"]:
             lines += [f"- {name} by hook:", *hooks(result["items"][name])]
+    for name, other in (extra or {}).items():
+        lines += ["", f"## Other run: `{name}`", "", provenance(other), ""]
+        for key, value in other.items():
+            if isinstance(value, float) and key in other["spread"]:
+                spread, item = other["spread"][key], other["items"].get(key, {})
+                lines.append(f"- `{key}`: {value:.4g} (rounds {spread.get('min', math.nan):.4g} / "
+                             f"{spread.get('median', math.nan):.4g} / {spread.get('max', math.nan):.4g}); "
+                             f"{item.get('epochs', '?')} epoch(s) per fit on {item.get('days', '?')} days")
     if profile is not None:
         lines += ["", "## Where the fit's time goes", "", *profile_section(profile)]
     if monitor is not None:
@@ -123,13 +132,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("json", type=Path)
     parser.add_argument("--monitor", type=Path, help="scripts/bench_monitor.py --json output")
     parser.add_argument("--profile", type=Path, help="scripts/bench_profile.py --json output")
+    parser.add_argument("--extra", type=Path, action="append", default=[],
+                        help="another scripts/bench.py --json output, e.g. --items 1 without --quick (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("docs/BENCHMARKS.md"))
     parser.add_argument("--readme", type=Path, help="also rewrite this README's performance table")
     args = parser.parse_args(argv)
     monitor = json.loads(args.monitor.read_text()) if args.monitor else None
     profile = json.loads(args.profile.read_text()) if args.profile else None
     result = json.loads(args.json.read_text())
-    args.out.write_text(page(result, str(args.json), monitor, profile))
+    extra = {str(path): json.loads(path.read_text()) for path in args.extra}
+    args.out.write_text(page(result, str(args.json), monitor, profile, extra))
     print(f"wrote {args.out}")
     if args.readme:
         from results_pages import rewrite_readme
