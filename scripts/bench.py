@@ -4,7 +4,7 @@
 
 Every comparison runs its variants interleaved (A B A B ...) after one warm-up round, reports
 min / median / max over the repeats and the ratio of the medians, so a busy machine slows both
-sides alike. ``--quick`` runs items 1-4 with fewer repeats (under a minute on an idle 2-core box);
+sides alike. ``--quick`` runs items 1-4 and 9 with 3-epoch fits and 3 rounds (~3 minutes on an idle 2-core box);
 the full run adds the full 9,132-day series, data, scaling, predict and ``torch.compile``.
 The helpers are pure functions tested in ``tests/test_bench.py``; the timed parts live in
 ``scripts/bench_items.py``.
@@ -293,7 +293,7 @@ def machine_note() -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="items 1-4, fewer repeats (< 60 s idle)")
+    parser.add_argument("--quick", action="store_true", help="items 1-4 and 9, 3-epoch fits, 3 rounds (~3 min idle)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",

@@ -4,7 +4,7 @@
 #     bash scripts/full_protocol.sh            # about 1.5 h on 2 idle cores; resumable (rerun to continue)
 #
 # Nothing else may train or test on the machine meanwhile (torch's threads then wait on each other
-# and runs slow down 2-100x). The code must be committed: every runs.csv row records the commit
+# and runs slow down 2-150x). The code must be committed: every runs.csv row records the commit
 # (scripts/ablation.py refuses uncommitted code). Each step's output goes to results/logs/<step>.log,
 # with its start, end and wall time in results/logs/full_protocol.log. TensorBoard runs land in runs/full/
 # (not committed). The pages are rebuilt from the CSVs with `python scripts/results_pages.py`.

@@ -44,7 +44,7 @@ def read(path: Path) -> list[dict[str, str]]:
 
 def rebuild_pages(results: Path) -> None:
     """Rewrite the ablation, silver and depth pages with ``scripts/ablation.py --report-only``."""
-    for folder in (results, results / "silver"):
+    for folder, target in ((results, []), (results / "silver", ["--set", "data.target=silver"])):
         rows = read(folder / "runs.csv")
         if not rows:
             continue
@@ -52,7 +52,7 @@ def rebuild_pages(results: Path) -> None:
         horizons = sorted({r["horizon"] for r in rows}, key=int)
         modes = sorted({r["target_mode"] for r in rows})
         ablation.main(["--part", "ablation", "--report-only", "--configs", *configs, "--horizon", *horizons,
-                       "--target-mode", *modes, *PROTOCOL, "--out", str(folder)])
+                       "--target-mode", *modes, *PROTOCOL, *target, "--out", str(folder)])
     if (results / "depth.csv").exists():
         ablation.main(["--part", "depth", "--report-only", "--out", str(results)])
 

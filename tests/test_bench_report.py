@@ -41,6 +41,8 @@ def test_page_and_readme_table_are_built_from_the_json(tmp_path, report):
     page = out.read_text()
     assert "| lightning_vs_loop | 1 | 1.052 | 1.042 / 1.052 / 1.059 | <= 1.03 | MISS |" in page
     assert "- `lightning_vs_loop_full`: 1.04 (rounds 1.034 / 1.04 / 1.045); 1 epoch(s) per fit on 9112 days" in page
+    assert "| lightning_vs_loop_full | 1 | 1.04 | 1.034 / 1.04 / 1.045 | <= 1.03 | MISS |" in page  # filled in
+    assert f"`lightning_vs_loop_full` comes from `{full}` (commit bbbbbbb)." in page
     probe, sanity = page.index("| TimeGradientProbe | 1.46 % |"), page.index("| sanity check | 1.02 % |")
     assert probe < sanity  # largest cost first
     text = readme.read_text()
