@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lstm_grad.backtest_report import CODE_PATHS
+from lstm_grad.backtest_report import code_state
 from lstm_grad.baselines import baseline_forecasts
 from lstm_grad.significance import diebold_mariano
 
@@ -44,16 +44,11 @@ def code_commit(folder: str | Path | None = None, allow_dirty: bool = False) -> 
     ``allow_dirty`` (tests, trying things out) returns ``"<sha>-dirty"`` instead of raising; the
     result pages flag such rows.
     """
-    folder = Path(folder or Path(__file__).resolve().parents[1])
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
-                              check=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=folder,
-                               capture_output=True, text=True, check=True, timeout=30).stdout.split("\n")
+        head, changed = code_state(folder)
     except (OSError, subprocess.SubprocessError) as error:
-        raise ValueError(f"runs.csv records the commit of each run, but {folder} is not a git checkout "
-                         f"({error}); run from a clone") from error
-    changed = [line[3:] for line in dirty if line.strip()]
+        raise ValueError(f"runs.csv records the commit of each run, but {folder or 'this folder'} is not a git "
+                         f"checkout ({error}); run from a clone") from error
     if changed and allow_dirty:
         return f"{head}-dirty"
     if changed:
