@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every result in results/ at the full protocol (issue 13), in one go, on a quiet machine:
 #
-#     bash scripts/full_protocol.sh            # about 1.5 h on 2 idle cores; resumable (rerun to continue)
+#     bash scripts/full_protocol.sh            # 58 min on 2 idle cores (results/logs/full_protocol.log); the ablation steps resume
 #
 # Nothing else may train or test on the machine meanwhile (torch's threads then wait on each other
 # and runs slow down 2-150x). The code must be committed: every runs.csv row records the commit
