@@ -142,10 +142,16 @@ def claims_table(by_config: dict[str, list[dict[str, Any]]], patience: int) -> l
     ]
 
 
-def against_persistence(rows: list[dict[str, Any]]) -> str:
-    """Say how a config's seeds compare with persistence: DM p < 0.05 per seed, and on which side."""
+def significant_seeds(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """Seeds significantly worse and better than persistence (DM, squared loss, p < 0.05; stat > 0 = worse)."""
     worse = sum(num(r, "dm_sq_p") < 0.05 and num(r, "dm_sq_stat") > 0 for r in rows)
     better = sum(num(r, "dm_sq_p") < 0.05 and num(r, "dm_sq_stat") < 0 for r in rows)
+    return worse, better
+
+
+def against_persistence(rows: list[dict[str, Any]]) -> str:
+    """Say how a config's seeds compare with persistence: DM p < 0.05 per seed, and on which side."""
+    worse, better = significant_seeds(rows)
     mase = stats(rows, "mase")[0]
     if worse == len(rows):
         return f"significantly worse in every seed (MASE {mase:.2f})"
@@ -169,24 +175,29 @@ def convergence_verdict(best_before: float, best_after: float, cap: float, patie
             f"{best_before:.1f}; cap {cap:.0f}, patience {patience})")
 
 
+def best_epochs(rows: list[dict[str, Any]], key: str = "best_epoch") -> str:
+    """The rows' ``key`` (best epoch, or epochs run) in seed order, e.g. "18, 12, 37"."""
+    return ", ".join(str(int(num(r, key))) for r in sorted(rows, key=lambda r: int(r["seed"])))
+
+
 def convergence_table(by_config: dict[str, list[dict[str, Any]]], order: list[str]) -> list[str]:
     """Best epoch (of the tested checkpoint) and epochs run, per config and seed."""
     lines = ["| config | best epoch per seed (seed 0, 1, …) | epochs run per seed | mean best epoch |",
              "| --- | --- | --- | --- |"]
     for name in order:
-        rows = sorted(by_config[name], key=lambda r: int(r["seed"]))
-        best = ", ".join(str(int(num(r, "best_epoch"))) for r in rows)
-        run = ", ".join(str(int(num(r, "epochs"))) for r in rows)
-        lines.append(f"| {name} | {best} | {run} | {stats(rows, 'best_epoch')[0]:.1f} |")
+        rows = by_config[name]
+        lines.append(f"| {name} | {best_epochs(rows)} | {best_epochs(rows, 'epochs')} | "
+                     f"{stats(rows, 'best_epoch')[0]:.1f} |")
     return lines
 
 
 def provenance(rows: list[dict[str, Any]]) -> list[str]:
-    """Which commits and versions made the rows, and the wall time of the trained runs."""
+    """Which commits and versions made the rows, and the wall time of the trained runs (every row
+    but the baselines'; depth-sweep rows have no config and all count)."""
     commits = sorted({str(r.get("commit") or "not recorded") for r in rows})
     torch_v = sorted({str(r.get("torch") or "?") for r in rows})
     lightning_v = sorted({str(r.get("lightning") or "?") for r in rows})
-    walls = [num(r, "wall_s") for r in rows if r["config"] not in BASELINES and math.isfinite(num(r, "wall_s"))]
+    walls = [num(r, "wall_s") for r in rows if r.get("config") not in BASELINES and math.isfinite(num(r, "wall_s"))]
     lines = [f"Rows made at commit {', '.join(f'`{c}`' for c in commits)}; torch {', '.join(torch_v)}, "
              f"lightning {', '.join(lightning_v)}."]
     if any(c.endswith("-dirty") or c == "not recorded" for c in commits):

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ablation_report import provenance
+
 VARIANT_ORDER = ["plain/default", "plain/orthogonal", "residual/default", "residual/orthogonal"]
 
 
@@ -51,18 +53,6 @@ def init_with_residuals(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def provenance(rows: list[dict[str, Any]]) -> str:
-    commits = sorted({str(r.get("commit") or "not recorded") for r in rows})
-    walls = [f(r, "wall_s") for r in rows if math.isfinite(f(r, "wall_s"))]
-    text = f"Rows made at commit {', '.join(f'`{c}`' for c in commits)}"
-    versions = sorted({f"torch {r.get('torch')}, lightning {r.get('lightning')}" for r in rows if r.get("torch")})
-    if versions:
-        text += "; " + "; ".join(versions)
-    if walls:
-        text += f"; {len(walls)} runs, {sum(walls) / 60:.0f} min of run wall time in all"
-    return text + "."
-
-
 def write_depth_report(rows: list[dict[str, Any]], out: Path, args: argparse.Namespace) -> list[Path]:
     rows = ordered(rows)
     by_depth = [r for r in rows if int(r["window"]) == 60]
@@ -71,7 +61,7 @@ def write_depth_report(rows: list[dict[str, Any]], out: Path, args: argparse.Nam
     lines = [
         "# Depth / window sweep: where gradients vanish", "",
         f"Command: `{command.strip()}`; rebuild from `depth.csv` alone with `python scripts/results_pages.py`.", "",
-        provenance(rows), "",
+        *provenance(rows), "",
         f"Settings (cheap on purpose, so read trends, not decimals): {args.sweep_width} units per LSTM layer, "
         f"{args.sweep_epochs} epochs, seed {args.sweep_seed}, one run per cell; otherwise `configs/clipped.yaml` "
         "(embedded gold, last 1,247 days, level target, horizon 1, batch 32, Adam 1e-3, dropout 0.2, clipnorm 1.0). "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import re
 import sys
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ablation  # noqa: E402
-from ablation_report import claims_table, grouped, num, stats  # noqa: E402
+from ablation_report import best_epochs, claims_table, grouped, num, pm, significant_seeds  # noqa: E402
 from depth_report import init_with_residuals  # noqa: E402
 
 PROTOCOL = ["--seeds", "5", "--max-epochs", "50", "--patience", "10", "--last-n-days", "1247"]  # full_protocol.sh
@@ -57,19 +56,11 @@ def rebuild_pages(results: Path) -> None:
         ablation.main(["--part", "depth", "--report-only", "--out", str(results)])
 
 
-def mean_sd(rows: list[dict[str, Any]], key: str, fmt: str = ".3f") -> str:
-    mean, sd = stats(rows, key)
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:{fmt}}" if len(rows) == 1 else f"{mean:{fmt}} ± {sd:{fmt}}"
-
-
 def dm_cell(rows: list[dict[str, Any]]) -> str:
     """Seeds significantly worse / better than persistence (DM, squared loss, p < 0.05)."""
     if not rows or rows[0]["config"] == "persistence":
         return "—"
-    worse = sum(num(r, "dm_sq_p") < 0.05 and num(r, "dm_sq_stat") > 0 for r in rows)
-    better = sum(num(r, "dm_sq_p") < 0.05 and num(r, "dm_sq_stat") < 0 for r in rows)
+    worse, better = significant_seeds(rows)
     return f"{worse} worse, {better} better of {len(rows)}"
 
 
@@ -81,9 +72,9 @@ def forecaster_table(groups: dict, horizons: Sequence[str], mode: str, model: st
         for name in (model, *REFERENCE):
             rows = by_config.get(name, [])
             if rows:
-                acc = "n/a" if name == "persistence" else mean_sd([{**r, "d": num(r, "dir_acc") * 100} for r in rows], "d", ".1f")
-                lines.append(f"| {horizon} | {name} | {len(rows)} | {mean_sd(rows, 'mae', '.2f')} | "
-                             f"{mean_sd(rows, 'mase')} | {dm_cell(rows)} | {acc} |")
+                acc = "n/a" if name == "persistence" else pm(rows, "dir_acc", ".1f", 100)
+                lines.append(f"| {horizon} | {name} | {len(rows)} | {pm(rows, 'mae', '.2f')} | "
+                             f"{pm(rows, 'mase')} | {dm_cell(rows)} | {acc} |")
     return lines
 
 
@@ -95,7 +86,7 @@ def recipe_table(groups: dict) -> list[str]:
         cells = []
         for key in keys:
             rows = groups[key].get(name, [])
-            cells.append(f"{mean_sd(rows, 'mase')} ({dm_cell(rows)})" if rows else "—")
+            cells.append(f"{pm(rows, 'mase')} ({dm_cell(rows)})" if rows else "—")
         if any(c != "—" for c in cells):
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
@@ -108,8 +99,7 @@ def convergence_table(groups: dict) -> list[str]:
     for name in (*RECIPE, "default"):
         cells = []
         for key in keys:
-            rows = sorted(groups[key].get(name, []), key=lambda r: int(r["seed"]))
-            cells.append(", ".join(str(int(num(r, "best_epoch"))) for r in rows) or "—")
+            cells.append(best_epochs(groups[key].get(name, [])) or "—")
         if any(c != "—" for c in cells):
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
