@@ -10,7 +10,7 @@ best checkpoint) is the N rows just before the test span, its train span everyth
 (at most ``data.last_n_days`` rows in all, so the default 1,247 gives a rolling window and
 ``--data.last_n_days null`` an expanding one); the scaler is fitted on that fold's train span only.
 The best checkpoint by ``val/loss`` is tested. Errors in price units are computed in float64 from
-the raw prices of the source. Folds are independent runs: ``lstm_grad.runs.run_jobs`` runs them in
+the raw prices of the source. Folds are independent runs: ``lstm_grad.training.parallel.run_jobs`` runs them in
 this process one after another, or in ``--workers`` processes, or on a Dask ``--cluster``.
 
 Writes DIR/backtest.csv (one row per fold and a pooled row ``fold=all`` over every test day),
@@ -31,13 +31,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lstm_grad.backtest_report import git_commit, write_outputs
-from lstm_grad.baselines import forecast_metrics, persistence_forecast
+from lstm_grad.forecaster.backtest_report import write_outputs
+from lstm_grad.training.provenance import git_commit
+from lstm_grad.forecaster.baselines import forecast_metrics, persistence_forecast
 from lstm_grad.cli import GoldCLI, run_guarded
-from lstm_grad.console import release_logs
+from lstm_grad.training.console import release_logs
 from lstm_grad.data import DataError, GoldDataModule
-from lstm_grad.runs import run_jobs
-from lstm_grad.significance import diebold_mariano
+from lstm_grad.training.parallel import run_jobs
+from lstm_grad.forecaster.significance import diebold_mariano
 
 LOG = logging.getLogger("lstm_grad.backtest")
 FOLD_DEFAULTS = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

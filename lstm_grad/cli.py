@@ -20,11 +20,15 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lstm_grad.callbacks import EpochTimer, GradientMonitor, PredictionWriter, TimeGradientProbe
-from lstm_grad import checkpoints
-from lstm_grad.console import Console, release_logs
+from lstm_grad.diagnostics.monitor import GradientMonitor
+from lstm_grad.diagnostics.probe import TimeGradientProbe
+from lstm_grad.training.callbacks import EpochTimer, PredictionWriter
+from lstm_grad.training import checkpoints
+from lstm_grad.training.compat import read_checkpoint
+from lstm_grad.training.run_dirs import resume_version
+from lstm_grad.training.console import Console, release_logs
 from lstm_grad.data import DataError, GoldDataModule
-from lstm_grad.module import LSTMForecaster
+from lstm_grad.forecaster.module import LSTMForecaster
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_epochs": 50,  # the recipe's 50 epochs; early stopping usually ends sooner
@@ -87,7 +91,7 @@ class GoldCLI(LightningCLI):
         super().parse_arguments(parser, args)
         path = self.config.get(str(self.config.get("subcommand")), self.config).get("ckpt_path")
         if path and path not in ("last", "best", "hpc") and "://" not in str(path):
-            checkpoints.read_checkpoint(path)
+            read_checkpoint(path)
 
     def before_instantiate_classes(self) -> None:
         """Resolve ``--ckpt_path last`` to the newest run that has one; load with ``weights_only=True``."""
@@ -98,7 +102,7 @@ class GoldCLI(LightningCLI):
         init = getattr(logger, "init_args", None)
         if (config.get("ckpt_path") == "last" and config.checkpoint.dirpath is None and init is not None
                 and "TensorBoardLogger" in str(logger.class_path) and init.version is None):
-            version = checkpoints.resume_version(init.save_dir, init.name)
+            version = resume_version(init.save_dir, init.name)
             if version is not None:  # same folder: the TensorBoard run and last.ckpt continue there
                 init.version = version
 
@@ -113,7 +117,7 @@ class GoldCLI(LightningCLI):
 def run_guarded(entry: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
     """Run a command's ``entry(args)``; turn a bad-input error into one ``error:`` line and exit status 1
     (2 for a bad flag or config), with nothing else on stderr: log records are held (``console.py``)
-    until the command calls :func:`~lstm_grad.console.release_logs` (the CLI's trainers do in their
+    until the command calls :func:`~lstm_grad.training.console.release_logs` (the CLI's trainers do in their
     ``setup`` hook, once the data has loaded) and discarded on such an error.
 
     ``--debug`` anywhere on the command line keeps the full traceback; ``--verbose`` keeps Lightning's

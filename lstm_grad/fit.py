@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 import torch
 
-from lstm_grad.callbacks import EpochTimer, GradientMonitor
+from lstm_grad.diagnostics.monitor import GradientMonitor
+from lstm_grad.training.callbacks import EpochTimer
 from lstm_grad.cli import GoldCLI, run_guarded
 from lstm_grad.forecast import forecast_frame, forecast_line
 

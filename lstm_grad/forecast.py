@@ -6,7 +6,7 @@ The checkpoint carries everything: the model's hyperparameters and weights, the 
 (window, horizon, target mode, loader options), the feature list and the train-span scaler. The
 source (by default the one the model was trained on; usually the user's CSV, updated since) must
 yield the same features; its last ``window`` rows are scaled with the checkpoint's statistics and
-the model predicts the next H trading days after its last date (:mod:`lstm_grad.trading_days`).
+the model predicts the next H trading days after its last date (:mod:`lstm_grad.data.calendar`).
 Writes ``FILE`` (default ``<run dir>/forecast.csv``), a PNG beside it, and prints a small table.
 """
 from __future__ import annotations
@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lstm_grad.checkpoints import DATA_STATE_KEY, read_checkpoint
+from lstm_grad.training.compat import DATA_STATE_KEY, read_checkpoint
+from lstm_grad.training.run_dirs import resolve_checkpoint
 from lstm_grad.cli import run_guarded
-from lstm_grad.console import release_logs
+from lstm_grad.training.console import release_logs
 from lstm_grad.data import DataError, GoldDataModule, load_series
-from lstm_grad.features import build_features, parse_feature
-from lstm_grad.module import LSTMForecaster
-from lstm_grad.trading_days import infer_calendar, next_trading_days
+from lstm_grad.data.features import build_features, parse_feature
+from lstm_grad.forecaster.module import LSTMForecaster
+from lstm_grad.data.calendar import infer_calendar, next_trading_days
 
 LOG = logging.getLogger("lstm_grad.forecast")
 PLOT_DAYS = 120  # observed days shown before the forecast
@@ -44,30 +45,6 @@ class LastWindow(NamedTuple):
     last_date: pd.Timestamp
     history: pd.Series
     calendar: str
-
-
-def resolve_checkpoint(path: str, save_dir: str | Path = "runs") -> Path:
-    """Turn ``last`` / ``best`` into the newest run's ``last.ckpt`` / best checkpoint; keep a path as is.
-
-    The newest run is the folder under ``save_dir`` (any experiment name, any depth) whose
-    ``checkpoints/last.ckpt`` was written last. Its best checkpoint is the one its ``last.ckpt``
-    names (``ModelCheckpoint.best_model_path``), else its newest ``*.ckpt`` other than ``last.ckpt``.
-    """
-    if path not in ("last", "best"):
-        return Path(path)
-    lasts = [p for p in Path(save_dir).rglob("last.ckpt") if p.parent.name == "checkpoints"]
-    if not lasts:
-        raise FileNotFoundError(f"--ckpt_path {path}: no run with checkpoints/last.ckpt under '{save_dir}'; "
-                                "train one with python -m lstm_grad.fit, or pass a checkpoint path")
-    last = max(lasts, key=lambda p: p.stat().st_mtime)
-    if path == "last":
-        return last
-    for state in (read_checkpoint(last).get("callbacks") or {}).values():
-        named = Path(str(state.get("best_model_path") or "")) if isinstance(state, dict) else Path()
-        if named.name and named.is_file():
-            return named
-    others = [p for p in last.parent.glob("*.ckpt") if p.name != "last.ckpt"]
-    return max(others, key=lambda p: p.stat().st_mtime) if others else last
 
 
 def load_forecaster(path: str | Path) -> tuple[LSTMForecaster, GoldDataModule]:

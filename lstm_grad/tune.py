@@ -2,7 +2,7 @@
 
 Each trial is a normal ``lstm_grad.fit`` training run (TensorBoard, gradient norms, checkpoints)
 under ``<out>/<study>/trial_<n>/`` with values drawn from the search space
-(``lstm_grad.tune_space``: ``model.lr`` log-uniform, stacks with and without residual adds,
+(``lstm_grad.training.search_space``: ``model.lr`` log-uniform, stacks with and without residual adds,
 dropout, weight decay, window, target mode; ``--space my_space.yaml`` overrides it). The
 objective is the validation MASE in price units (model MAE / persistence MAE on the validation
 targets) of the trial's best checkpoint; checkpointing and early stopping follow ``val/mase`` too.
@@ -34,10 +34,10 @@ from typing import Any
 
 import yaml
 
-from lstm_grad import tune_space
+from lstm_grad.training import search_space
 from lstm_grad.cli import run_guarded
 from lstm_grad.fit import FitCLI, results_table
-from lstm_grad.runs import require_extra
+from lstm_grad.training.parallel import require_extra
 
 log = logging.getLogger(__name__)
 OBJECTIVE = "val/mase"
@@ -55,7 +55,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                    "default: in memory (one process, no resume)")
     p.add_argument("--study_name", default="lstm_grad", help="study name and folder under --out")
     p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after SEC seconds")
-    p.add_argument("--space", default=None, help="YAML file overriding the search space (see lstm_grad.tune_space)")
+    p.add_argument("--space", default=None, help="YAML file overriding the search space (see lstm_grad.training.search_space)")
     p.add_argument("--out", default="runs/tune", help="trial runs go to OUT/STUDY/trial_<n>")
     p.add_argument("--sampler_seed", type=int, default=None, help="seed of the TPE sampler (default: random)")
     p.add_argument("--pruner_startup_trials", type=int, default=5, help="finished trials before pruning starts")
@@ -89,7 +89,7 @@ def preflight(space: dict[str, dict[str, Any]], fit_args: list[str]) -> None:
     """Parse the fit flags with one point of the space and read the data once, before any trial:
     a bad flag, config or data source stops here with one error line instead of failing trial 0."""
     first = {name: spec["choices"][0] if "choices" in spec else spec["low"] for name, spec in space.items()}
-    cli = FitCLI(args=[*TRIAL_DEFAULTS, *fit_args, *tune_space.as_flags(first), "--trainer.logger=false"], run=False)
+    cli = FitCLI(args=[*TRIAL_DEFAULTS, *fit_args, *search_space.as_flags(first), "--trainer.logger=false"], run=False)
     cli.datamodule.setup("fit")
 
 
@@ -97,9 +97,9 @@ def objective(trial: Any, space: dict[str, dict[str, Any]], fit_args: list[str],
     """Train one trial; return the validation MASE of its best checkpoint (NaN if it never validated)."""
     from optuna_integration import PyTorchLightningPruningCallback
 
-    values = tune_space.suggest(trial, space)
+    values = search_space.suggest(trial, space)
     shutil.rmtree(study_dir / f"trial_{trial.number}", ignore_errors=True)  # a rerun never mixes event files
-    cli = FitCLI(args=[*TRIAL_DEFAULTS, *fit_args, *tune_space.as_flags(values), *trial_flags(study_dir, trial.number)],
+    cli = FitCLI(args=[*TRIAL_DEFAULTS, *fit_args, *search_space.as_flags(values), *trial_flags(study_dir, trial.number)],
                  run=False)
     trainer = cli.trainer
     trial.set_user_attr("log_dir", str(trainer.log_dir))
@@ -124,7 +124,7 @@ def progress_line(study: Any, trial: Any) -> None:
         value = "val MASE n/a"
     seconds = trial.duration.total_seconds() if trial.duration else math.nan
     params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in tune_space.decode(trial.params).items())
+                      for k, v in search_space.decode(trial.params).items())
     print(f"trial {trial.number:>3} | {state:<8} | {value} | {seconds:6.1f} s | {params}", flush=True)
 
 
@@ -140,7 +140,7 @@ def write_best_config(best: Any, study_name: str, path: Path) -> Path:
     config["trainer"]["logger"]["init_args"].update({"save_dir": "runs", "name": f"tuned_{study_name}", "version": None})
     config["trainer"].update({"enable_progress_bar": True, "enable_model_summary": True})
     config.pop("ckpt_path", None)  # fit's resume flag: a config without it also serves `lstm_grad.cli fit`
-    params = ", ".join(f"{k}={v}" for k, v in tune_space.decode(best.params).items())
+    params = ", ".join(f"{k}={v}" for k, v in search_space.decode(best.params).items())
     header = (f"# Best trial {best.number} of Optuna study '{study_name}': validation MASE {best.value:.6g}\n"
               f"# tuned: {params}\n# checkpoint selection and early stopping follow val/mase (the tuning objective)\n"
               f"# python -m lstm_grad.fit --config {path}\n")
@@ -206,7 +206,7 @@ def quiet_trials() -> Iterator[None]:
 def tune(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run (or resume) the study; return the study, the best trial, its test metrics and the files written."""
     args, fit_args = parse_args(sys.argv[1:] if argv is None else argv)
-    space = tune_space.load_space(args.space)
+    space = search_space.load_space(args.space)
     with quiet_trials():
         preflight(space, fit_args)
         return run_study(args, fit_args, space)
@@ -252,7 +252,7 @@ def run_study(args: argparse.Namespace, fit_args: list[str], space: dict[str, di
 
 def report(result: dict[str, Any]) -> str:
     best = result["best"]
-    params = "\n".join(f"  {k}: {v}" for k, v in tune_space.decode(best.params).items())
+    params = "\n".join(f"  {k}: {v}" for k, v in search_space.decode(best.params).items())
     return "\n".join([
         "", f"best trial {best.number}: val MASE {best.value:.4f} (of {len(result['study'].trials)} trials)", params,
         f"best config: {result['config']}  ->  python -m lstm_grad.fit --config {result['config']}",

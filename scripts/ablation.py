@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ablation_runs import BASELINES, COLUMNS, baseline_rows, code_commit, run_key, train_run  # noqa: E402
 
-from lstm_grad.runs import check_workers, run_jobs  # noqa: E402
+from lstm_grad.training.parallel import check_workers, run_jobs  # noqa: E402
 
 CONFIGS = ("baseline", "clipped", "orthogonal", "residual")
 

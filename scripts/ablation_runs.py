@@ -1,7 +1,7 @@
 """One ablation run (train, test, read its TensorBoard run back) and the baseline rows.
 
 Used by ``scripts/ablation.py``; each function returns plain ``runs.csv`` rows (dicts of str /
-float), so a joblib or Dask worker can send them back (``lstm_grad.runs.run_jobs`` sets the
+float), so a joblib or Dask worker can send them back (``lstm_grad.training.parallel.run_jobs`` sets the
 worker's torch threads).
 """
 
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lstm_grad.backtest_report import code_state
-from lstm_grad.baselines import baseline_forecasts
-from lstm_grad.significance import diebold_mariano
+from lstm_grad.forecaster.backtest_report import code_state
+from lstm_grad.forecaster.baselines import baseline_forecasts
+from lstm_grad.forecaster.significance import diebold_mariano
 
 MAX_LAYERS = 4  # grad-norm columns lstm_0..lstm_3 (the recipe's nets have 3 or 4 recurrent layers)
 GRAD_COLUMNS = [f"grad_lstm_{i}_{when}" for when in ("epoch1", "end") for i in range(MAX_LAYERS)]

@@ -285,7 +285,7 @@ def details(result: dict[str, Any]) -> str:
 
 
 def machine_note() -> dict[str, Any]:
-    from lstm_grad.backtest_report import git_commit  # the code measured, "with uncommitted changes" if so
+    from lstm_grad.forecaster.backtest_report import git_commit  # the code measured, "with uncommitted changes" if so
 
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "loadavg": os.getloadavg(), "python": sys.version.split()[0], "commit": git_commit()}

@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from bench import BenchConfig, summary
 from lstm_grad import GradientMonitor, TimeGradientProbe
-from lstm_grad.callbacks import EpochTimer
+from lstm_grad.training.callbacks import EpochTimer
 from lstm_grad.data import GoldDataModule
 from lstm_grad.module import LSTMForecaster
 

@@ -24,7 +24,7 @@ import torch
 from ablation import read_rows, where
 from ablation_runs import quiet, versions
 
-from lstm_grad.runs import run_jobs
+from lstm_grad.training.parallel import run_jobs
 
 VARIANTS = [("plain", "default"), ("plain", "orthogonal"), ("residual", "default"), ("residual", "orthogonal")]
 COLUMNS = ["variant", "depth", "window", "width", "epochs", "ratio_start", "ratio_end", "reach_start",
@@ -51,7 +51,7 @@ def reach(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
 
 def sweep_run(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one (variant, depth, window) for a few epochs; return its ``depth.csv`` row."""
-    from lstm_grad.callbacks import EpochTimer
+    from lstm_grad.training.callbacks import EpochTimer
     from lstm_grad.cli import GoldCLI
 
     quiet()

@@ -4,7 +4,7 @@
     python scripts/sweep_timing.py --max-epochs 2 --configs baseline residual --seeds 4
 
 The eight runs are ``scripts/ablation_runs.train_run`` jobs (the ablation's own runs) and go
-through ``lstm_grad.runs.run_jobs`` exactly as ``scripts/ablation.py --workers N`` /
+through ``lstm_grad.training.parallel.run_jobs`` exactly as ``scripts/ablation.py --workers N`` /
 ``--cluster`` send them. Torch threads per job: ``cores // workers`` unless ``--threads`` is given
 (give it to compare rows: the same seeds and thread counts give identical rows in every mode).
 Run it on a quiet machine: the numbers are wall times, and neighbours' load is in them. Prints one
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ablation_runs import train_run  # noqa: E402
 
-from lstm_grad.runs import check_workers, run_jobs  # noqa: E402
+from lstm_grad.training.parallel import check_workers, run_jobs  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lstm_grad.baselines import (ar_design, baseline_forecasts, fit_linear_ar, forecast_metrics,
+from lstm_grad.forecaster.baselines import (ar_design, baseline_forecasts, fit_linear_ar, forecast_metrics,
                                  persistence_forecast, predict_linear_ar)
 from lstm_grad.data import GoldDataModule
-from lstm_grad.significance import autocovariance, diebold_mariano, long_run_variance
+from lstm_grad.forecaster.significance import autocovariance, diebold_mariano, long_run_variance
 
 
 def test_dm_squared_loss_horizon_1_by_hand():

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from lstm_grad.data import DataError, GoldDataModule, load_series
-from lstm_grad.features import choose_features, default_candidates
+from lstm_grad.data.features import choose_features, default_candidates
 
 
 def default_features(frame, target):

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from test_module import synthetic_csv
 
 from lstm_grad import diagnose
-from lstm_grad.callbacks import GradientMonitor, TimeGradientProbe
+from lstm_grad.diagnostics import GradientMonitor, TimeGradientProbe
 from lstm_grad.data import GoldDataModule
 from lstm_grad.module import LSTMForecaster
 

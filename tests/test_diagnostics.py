@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from test_module import MemoryLogger, synthetic_csv
 from torch import nn
 
-from lstm_grad.callbacks import GradientHealthWarning, GradientMonitor, TimeGradientProbe
+from lstm_grad.diagnostics import GradientHealthWarning, GradientMonitor, TimeGradientProbe
 from lstm_grad.data import GoldDataModule
 from lstm_grad.diagnostics import lag_value, probe_gradients, time_grad_profile, time_reach
 from lstm_grad.model import ResidualLSTM

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent('''
     from lightning.pytorch.strategies import DDPStrategy
     sys.path.insert(0, {tests!r})
     from test_module import synthetic_csv
-    from lstm_grad.callbacks import GradientMonitor, TimeGradientProbe
+    from lstm_grad.diagnostics import GradientMonitor, TimeGradientProbe
     from lstm_grad.data import GoldDataModule
     from lstm_grad.module import LSTMForecaster
 

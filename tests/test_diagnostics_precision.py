@@ -14,7 +14,7 @@ from test_diagnostics import Snapshot
 from test_module import MemoryLogger, synthetic_csv
 from torch import nn
 
-from lstm_grad.callbacks import GradientMonitor
+from lstm_grad.diagnostics import GradientMonitor
 from lstm_grad.data import GoldDataModule
 from lstm_grad.diagnostics import layer_grad_norms
 from lstm_grad.module import LSTMForecaster

@@ -13,9 +13,10 @@ import torch
 
 from lstm_grad.cli import run_guarded
 from lstm_grad.fit import fit_main
-from lstm_grad.forecast import forecast_main, resolve_checkpoint
+from lstm_grad.forecast import forecast_main
+from lstm_grad.training.run_dirs import resolve_checkpoint
 from lstm_grad.module import LSTMForecaster
-from lstm_grad.trading_days import infer_calendar, next_trading_days
+from lstm_grad.data.calendar import infer_calendar, next_trading_days
 
 WINDOW, HORIZON = 5, 3
 

@@ -199,7 +199,7 @@ GOLD_NAMES = ["GLD", "Gold", "XAU", "XAUUSD", "XAU/USD", "Gold_Price", "GoldPric
 @given(others=st.lists(st.sampled_from(OTHER_ASSETS), unique=True, max_size=7), gold=st.sampled_from(GOLD_NAMES),
        position=st.integers(0, 7))
 def test_one_plainly_gold_column_among_other_assets_is_the_target(others, gold, position):
-    from lstm_grad.columns import default_target
+    from lstm_grad.data.columns import default_target
 
     assert default_target(others[:position] + [gold] + others[position:], "f.csv") == gold
 
@@ -207,7 +207,7 @@ def test_one_plainly_gold_column_among_other_assets_is_the_target(others, gold, 
 @SETTINGS
 @given(others=st.lists(st.sampled_from(OTHER_ASSETS[:12]), unique=True, min_size=2, max_size=7))
 def test_several_assets_none_gold_stop_with_every_candidate_listed(others):
-    from lstm_grad.columns import default_target, is_price_like
+    from lstm_grad.data.columns import default_target, is_price_like
 
     with pytest.raises(DataError) as error:
         default_target(others, "f.csv")

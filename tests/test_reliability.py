@@ -12,8 +12,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lstm_grad.checkpoints import (CheckpointError, EpochCheckpoint, EpochShuffle, atomic_torch_save, install,
-                                   read_checkpoint, resume_version)
+from lstm_grad.errors import CheckpointError
+from lstm_grad.data.sampler import EpochShuffle
+from lstm_grad.training.compat import read_checkpoint
+from lstm_grad.training.run_dirs import resume_version
+from lstm_grad.training.checkpoints import EpochCheckpoint, atomic_torch_save, install
 from lstm_grad.data import DataError, GoldDataModule
 from lstm_grad.module import LSTMForecaster
 from test_module import synthetic_csv
@@ -37,7 +40,7 @@ def kill_while_saving(path: Path, setup: str, env: dict | None = None) -> int:
 def test_sigkill_during_atomic_save_keeps_the_previous_checkpoint(tmp_path):
     path = tmp_path / "checkpoints" / "last.ckpt"
     atomic_torch_save({"epoch": 3}, path)
-    code = kill_while_saving(path, "from lstm_grad.checkpoints import atomic_torch_save as save\n"
+    code = kill_while_saving(path, "from lstm_grad.training.checkpoints import atomic_torch_save as save\n"
                                    "from pathlib import Path\n_save = save\nsave = lambda o, p: _save(o, Path(p))")
     assert code == -9
     assert torch.load(path, weights_only=True) == {"epoch": 3}  # the old file, whole
@@ -130,7 +133,7 @@ def test_weight_shape_check_is_the_last_line_of_defence(checkpoint):
     saved.pop("GoldDataModule")
     saved["hyper_parameters"] = {}
     model = LSTMForecaster(n_features=3, hidden_sizes=(6, 4), dropout=0.0)
-    from lstm_grad.checkpoints import check_compatible
+    from lstm_grad.training.checkpoints import check_compatible
 
     with pytest.raises(CheckpointError, match=r"weight 'model.lstm_0.weight_ih_l0' has shape \(24, 5\) but this "
                                               r"model's has \(24, 3\)"):

@@ -170,8 +170,8 @@ def test_metatrader_exports(tmp_path, caplog, text, columns, logged):
     close = next(c for c in columns if c.casefold() == "close")
     assert frame[close].tolist() == CLOSES
     assert logged in caplog.text
-    from lstm_grad.columns import default_target
-    from lstm_grad.features import default_candidates
+    from lstm_grad.data.columns import default_target
+    from lstm_grad.data.features import default_candidates
 
     target = default_target(list(frame.columns), str(path))
     assert target == close

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from lstm_grad.baselines import baseline_forecasts
+from lstm_grad.forecaster.baselines import baseline_forecasts
 from lstm_grad.data import DataError, GoldDataModule, load_series
-from lstm_grad.metrics import ForecastMetrics
+from lstm_grad.forecaster.metrics import ForecastMetrics
 from lstm_grad.module import LSTMForecaster
 
 

@@ -1,4 +1,4 @@
-"""lstm_grad.runs: job order, threads per worker, the core limit, and the missing-Dask message."""
+"""lstm_grad.training.parallel: job order, threads per worker, the core limit, and the missing-Dask message."""
 
 import os
 import sys
@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from lstm_grad import runs
+from lstm_grad.errors import MissingExtraError, UserError
+from lstm_grad.training import parallel as runs
 
 
 def threads_and_square(job: int) -> tuple[int, int, int]:
@@ -39,9 +40,9 @@ def test_threads_default_to_cores_over_workers_and_may_not_oversubscribe():
 
 def test_cluster_without_dask_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
-    with pytest.raises(runs.MissingExtraError, match=r'--cluster needs distributed.*pip install -e "\.\[cluster\]"'):
+    with pytest.raises(MissingExtraError, match=r'--cluster needs distributed.*pip install -e "\.\[cluster\]"'):
         runs.run_jobs(threads_and_square, [1, 2], cluster="tcp://127.0.0.1:8786")
-    assert issubclass(runs.MissingExtraError, ValueError)  # so cli.run_guarded prints one error line
+    assert issubclass(MissingExtraError, UserError)  # so the command guard prints one error line
 
 
 def test_cluster_threads_split_each_machines_cores_between_its_slots():

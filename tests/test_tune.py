@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lstm_grad import tune_space
+from lstm_grad.training import search_space
 
 ROOT = Path(__file__).resolve().parents[1]
 # a tiny fit: 300 days, 1 epoch, 8-unit layers
@@ -34,10 +34,10 @@ def space_file(tmp_path: Path) -> Path:
 def test_space_file_overrides_keys_and_drops_nulls(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text("model.lr: {low: 0.001, high: 0.01, log: true}\ndata.target_mode: null\nmodel.cell: {choices: [lstm, gru]}\n")
-    space = tune_space.load_space(str(path))
+    space = search_space.load_space(str(path))
     assert space["model.lr"] == {"low": 0.001, "high": 0.01, "log": True}
     assert "data.target_mode" not in space and space["model.cell"] == {"choices": ["lstm", "gru"]}
-    assert space["model.dropout"] == tune_space.DEFAULT_SPACE["model.dropout"]
+    assert space["model.dropout"] == search_space.DEFAULT_SPACE["model.dropout"]
 
 
 @pytest.mark.parametrize("text, match", [
@@ -51,20 +51,20 @@ def test_bad_space_file_names_file_and_key(tmp_path, text, match):
     path = tmp_path / "bad.yaml"
     path.write_text(text + "\n")
     with pytest.raises(ValueError, match=match) as info:
-        tune_space.load_space(str(path))
+        search_space.load_space(str(path))
     assert str(path) in str(info.value)
 
 
 def test_suggest_decode_and_flags_round_trip():
     optuna = pytest.importorskip("optuna")
-    space = tune_space.load_space()
+    space = search_space.load_space()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
-        values = tune_space.suggest(study.ask(), space)
-        assert tune_space.in_space(values, space)
-    params = tune_space.decode(study.trials[0].params)
-    assert isinstance(params["model.hidden_sizes"], list) and tune_space.in_space(params, space)
-    assert not tune_space.in_space({**params, "data.window": 7}, space)
+        values = search_space.suggest(study.ask(), space)
+        assert search_space.in_space(values, space)
+    params = search_space.decode(study.trials[0].params)
+    assert isinstance(params["model.hidden_sizes"], list) and search_space.in_space(params, space)
+    assert not search_space.in_space({**params, "data.window": 7}, space)
 
 
 def test_tune_flags_are_split_from_fit_flags():
@@ -111,9 +111,9 @@ def test_three_trials_best_config_reproduces_val_mase(tmp_path, space_file, caps
                    "--sampler_seed", "1", *FIT])
     study, best = result["study"], result["best"]
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3  # no pruning before 5 trials
-    space = tune_space.load_space(str(space_file))
+    space = search_space.load_space(str(space_file))
     for trial in study.trials:
-        assert tune_space.in_space(tune_space.decode(trial.params), space)
+        assert search_space.in_space(search_space.decode(trial.params), space)
         assert Path(out, "s", f"trial_{trial.number}", "config.yaml").exists()  # a normal run per trial
     assert best.value == min(t.value for t in study.trials)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial ")]

@@ -28,16 +28,11 @@ from urllib.parse import urlparse
 
 import torch
 
+from lstm_grad.errors import MissingExtraError
+
 J = TypeVar("J")
 R = TypeVar("R")
 
-
-
-class MissingExtraError(ImportError, ValueError):
-    """An optional dependency is missing; the message names the ``pip install`` that adds it.
-
-    Also a ``ValueError``, so ``cli.run_guarded`` prints it as one ``error:`` line.
-    """
 
 
 def require_extra(modules: Sequence[str], what: str, extra: str) -> None:
@@ -46,7 +41,7 @@ def require_extra(modules: Sequence[str], what: str, extra: str) -> None:
     >>> require_extra(["no_such_module_xyz"], "--cluster", "cluster")
     Traceback (most recent call last):
     ...
-    lstm_grad.runs.MissingExtraError: --cluster needs no_such_module_xyz, which is not installed: pip install -e ".[cluster]"
+    lstm_grad.errors.MissingExtraError: --cluster needs no_such_module_xyz, which is not installed: pip install -e ".[cluster]"
     """
     import importlib
 

@@ -11,7 +11,7 @@ import logging
 
 import pandas as pd
 
-LOG = logging.getLogger("lstm_grad.trading_days")
+LOG = logging.getLogger("lstm_grad.data.calendar")
 CALENDARS = ("business", "calendar")
 WEEKEND_SHARE = 0.1  # Sat + Sun are 2/7 = 29 % of a 7-day series' rows and ~0 % of an exchange's
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shlex
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,31 +10,6 @@ import pandas as pd
 
 COLUMNS = ["fold", "train_start", "train_end", "val_start", "val_end", "test_start", "test_end", "windows",
            "mae", "naive_mae", "mase", "dm_p", "dir_acc", "epochs"]
-
-
-CODE_PATHS = ("lstm_grad", "scripts", "configs", "pyproject.toml")  # what a run's numbers depend on
-
-
-def code_state(folder: str | Path | None = None) -> tuple[str, list[str]]:
-    """Return ``git rev-parse HEAD`` of the package's repository and the paths under ``CODE_PATHS``
-    with uncommitted or untracked changes (``git status --porcelain``; results being written do not
-    count). Raises ``OSError`` or ``subprocess.SubprocessError`` outside a git checkout."""
-    folder = Path(folder or Path(__file__).resolve().parents[1])
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
-                          check=True, timeout=30).stdout.strip()
-    status = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=folder, capture_output=True,
-                            text=True, check=True, timeout=30).stdout
-    return head, [line[3:] for line in status.splitlines() if line.strip()]  # "XY path"
-
-
-def git_commit(folder: str | Path | None = None) -> str:
-    """Return :func:`code_state`'s commit, plus "with uncommitted changes" when the code has any;
-    "unknown" outside a git checkout."""
-    try:
-        head, changed = code_state(folder)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-    return f"{head} with uncommitted changes" if changed else head
 
 
 def markdown_table(table: pd.DataFrame) -> str:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lstm_grad.columns import is_date_name, is_time_name, strip_brackets
-from lstm_grad.dates import COMPACT_DATE, DATE_LIKE, add_time_of_day, parse_dates, time_of_day_column
-from lstm_grad.data_errors import LOG, DataError
+from lstm_grad.data.columns import is_date_name, is_time_name, strip_brackets
+from lstm_grad.data.dates import COMPACT_DATE, DATE_LIKE, add_time_of_day, parse_dates, time_of_day_column
+from lstm_grad.data.errors import LOG, DataError
 
 MISSING_MARKERS = frozenset({"", "null", "nan", "na", "n/a", "#n/a", ".", "-", "--", "none", "\u2014"})
 _SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}

@@ -1,7 +1,7 @@
 """Load the embedded gold/silver series or a user CSV into a clean, ascending, NaN-free frame.
 
 Every row dropped or cell filled is logged (logger ``lstm_grad.data``) with its count; bad input
-raises :class:`~lstm_grad.data_errors.DataError` naming the file, column, line and the fix.
+raises :class:`~lstm_grad.data.errors.DataError` naming the file, column, line and the fix.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pandas as pd
 
-from lstm_grad.csv_formats import read_csv_table
-from lstm_grad.data_errors import LOG, DataError
+from lstm_grad.data.csv_formats import read_csv_table
+from lstm_grad.data.errors import LOG, DataError
 
 EMBEDDED = "embedded"
 MISSING_POLICIES = ("ffill", "drop", "error")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lstm_grad.metrics import ForecastMetrics
+from lstm_grad.forecaster.metrics import ForecastMetrics
 
 AR_LAGS = (1, 2, 5, 10, 20, 60)  # candidate context lengths for the linear AR, chosen on val MAE
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from lstm_grad.data_errors import DataError
+from lstm_grad.data.errors import DataError
 
 _TOKEN = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _GOLD = frozenset({"gold", "gld", "iau", "xau", "gc"})  # gc: COMEX gold futures (Yahoo's GC=F)

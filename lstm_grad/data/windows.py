@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lstm_grad.data_errors import LOG, DataError
+from lstm_grad.data.errors import LOG, DataError
 
 Batch = tuple[Tensor, Tensor, Tensor, Tensor]
 SPLITS = ("train", "val", "test")

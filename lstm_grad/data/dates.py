@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lstm_grad.columns import is_time_name
-from lstm_grad.data_errors import LOG, DataError
+from lstm_grad.data.columns import is_time_name
+from lstm_grad.data.errors import LOG, DataError
 
 DATE_LIKE = re.compile(
     r"^\s*(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?\s*(?:Z|[+-]\d{2}:?\d{2})?"

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from lstm_grad.columns import is_price_like, is_silver, is_volume
-from lstm_grad.data_errors import LOG, DataError
+from lstm_grad.data.columns import is_price_like, is_silver, is_volume
+from lstm_grad.data.errors import LOG, DataError
 
 N_DEFAULT_FEATURES = 5
 _DERIVED = {"log_return": 0, "volatility": 1, "momentum": 1}  # kind -> number of integer arguments

@@ -2,8 +2,7 @@
 
 Loading and cleaning live in ``series.py`` (CSV sniffing in ``csv_formats.py``, dates in
 ``dates.py``, column names in ``columns.py``), feature engineering in ``features.py``, the window
-Dataset in ``windows.py``; this module re-exports :func:`load_series`, :class:`DataError` and
-:class:`GoldWindows` so that ``from lstm_grad.data import ...`` is the one import users need.
+Dataset in ``windows.py``; users import from :mod:`lstm_grad.data`.
 """
 from __future__ import annotations
 
@@ -16,14 +15,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lstm_grad.checkpoints import EpochShuffle
-from lstm_grad.columns import default_target
-from lstm_grad.data_errors import LOG, DataError
-from lstm_grad.features import N_DEFAULT_FEATURES, choose_features, parse_feature, require_positive
-from lstm_grad.series import DUPLICATE_POLICIES, EMBEDDED, MISSING_POLICIES, check_choice, load_series
-from lstm_grad.windows import Batch, GoldWindows, index_windows, keep_batch, persistence
+from lstm_grad.data.sampler import EpochShuffle
+from lstm_grad.data.columns import default_target
+from lstm_grad.data.errors import LOG, DataError
+from lstm_grad.data.features import N_DEFAULT_FEATURES, choose_features, parse_feature, require_positive
+from lstm_grad.data.series import DUPLICATE_POLICIES, EMBEDDED, MISSING_POLICIES, check_choice, load_series
+from lstm_grad.data.windows import GoldWindows, index_windows, keep_batch, persistence
+from lstm_grad.errors import CheckpointError
 
-__all__ = ["Batch", "DataError", "GoldDataModule", "GoldWindows", "keep_batch", "load_series", "persistence"]
+__all__ = ["GoldDataModule"]
 
 TARGET_MODES = ("level", "log_return")
 
@@ -206,17 +206,26 @@ class GoldDataModule(L.LightningDataModule):
         """Save the scaler statistics (plain Python values) with the checkpoint."""
         return dict(self._stats) if self._stats is not None else {}
 
+    def check_state(self, state: dict[str, Any], compare_features: bool = True) -> None:
+        """Raise one ``CheckpointError`` naming the first data setting where a checkpoint's ``state``
+        (window, horizon, target mode, and with ``compare_features`` the features) differs from this
+        data module's."""
+        for key in ("window", "horizon", "target_mode"):
+            if key in state and state[key] != getattr(self, key):
+                raise CheckpointError(f"checkpoint was made with data.{key}={state[key]!r} but this run has "
+                                      f"data.{key}={getattr(self, key)!r}; use the checkpoint's data settings "
+                                      "or train from scratch (no --ckpt_path)")
+        saved = state.get("feature_names")
+        if compare_features and self.feature_names and saved and list(self.feature_names) != list(saved):
+            raise CheckpointError(f"checkpoint was made with features {saved} but this run has "
+                                  f"{list(self.feature_names)}; set data.features to the checkpoint's or train "
+                                  "from scratch")
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore scaler statistics; Lightning calls this after ``setup``, so rescale the data then."""
         if not state_dict:
             return
-        for key in ("target_mode", "window", "horizon"):
-            if state_dict[key] != getattr(self, key):
-                raise DataError(f"checkpoint has data.{key}={state_dict[key]!r} but this run has {getattr(self, key)!r}; "
-                                "use the checkpoint's data settings")
-        if self._raw is not None and state_dict["feature_names"] != self.feature_names:
-            raise DataError(f"checkpoint features {state_dict['feature_names']} differ from this data's "
-                            f"{self.feature_names}; set data.features to the checkpoint's")
+        self.check_state(state_dict, compare_features=self._raw is not None)
         self._stats = dict(state_dict)
         self.feature_names, self.target_name = list(state_dict["feature_names"]), state_dict["target_name"]
         self.date_column_name = state_dict.get("date_column", self.date_column_name)

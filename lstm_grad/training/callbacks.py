@@ -1,5 +1,4 @@
-"""Callbacks: the prediction writer (CSV + PNG + TensorBoard figure), the epoch timer, and the gradient
-diagnostics (``GradientMonitor``, ``TimeGradientProbe`` from :mod:`lstm_grad.diagnostics`, re-exported here)."""
+"""Callbacks of the commands: the prediction writer (CSV + PNG + TensorBoard figure) and the epoch timer."""
 
 from __future__ import annotations
 
@@ -13,10 +12,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lstm_grad.diagnostics.monitor import GradientHealthWarning, GradientMonitor
-from lstm_grad.diagnostics.probe import TimeGradientProbe
-
-__all__ = ["EpochTimer", "GradientHealthWarning", "GradientMonitor", "PredictionWriter", "TimeGradientProbe"]
+__all__ = ["EpochTimer", "PredictionWriter"]
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,139 @@
+"""The recipe's stacked recurrent forecaster, in pure torch.
+
+Each recurrent layer is its own single-layer ``nn.LSTM`` (or ``nn.GRU``) registered as a top-level
+child ``lstm_0 .. lstm_{k-1}``, so every layer has its own parameters (and so its own gradient norm)
+and a residual add can sit between two layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+INITS = ("orthogonal", "default", "glorot")
+GATES = {"lstm": 4, "gru": 3}  # gate blocks stacked in weight_ih / weight_hh (torch order)
+FORGET_GATE = 1  # torch packs LSTM gates as (input, forget, cell, output)
+
+
+class ResidualLSTM(nn.Module):
+    """Stacked recurrent layers with residual adds, dropout between layers and a linear head.
+
+    Layer 0 reads the raw features. Every later layer ``i`` adds its input to its output when
+    ``residual`` is on: unchanged where widths match, through a linear projection ``proj_i`` where
+    they differ (the recipe's "add a Dense layer to project dimensions"). With the default sizes
+    this is the recipe's Step-4 network: 128 -> +128 -> +128 -> 64 (+projection) -> head.
+
+    Args:
+        n_features: input features per time step (F).
+        hidden_sizes: width of each recurrent layer, first to last.
+        residual: add skip connections between recurrent layers.
+        dropout: dropout probability applied to each layer's output.
+        cell: ``"lstm"`` or ``"gru"`` (the recipe's advice for windows beyond ~100 steps).
+        init: ``"orthogonal"`` (per gate block), ``"glorot"`` or ``"default"`` (torch's own).
+        gain: gain of the orthogonal / Glorot recurrent and input weights.
+        forget_bias: LSTM forget-gate bias (Keras' ``unit_forget_bias``); ignored for ``"default"``.
+        horizon: outputs of the head, one per forecast day (H).
+
+    >>> net = ResidualLSTM(5, hidden_sizes=(8, 8, 4), horizon=2)
+    >>> [name for name, _ in net.named_children() if name != "dropout"]
+    ['lstm_0', 'lstm_1', 'lstm_2', 'proj_2', 'head']
+    >>> net(torch.zeros(3, 10, 5)).shape
+    torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden_sizes: Sequence[int] = (128, 128, 128, 64),
+        residual: bool = True,
+        dropout: float = 0.2,
+        cell: str = "lstm",
+        init: str = "orthogonal",
+        gain: float = 1.0,
+        forget_bias: float = 1.0,
+        horizon: int = 1,
+    ) -> None:
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell={cell!r} is unknown; use one of {sorted(CELLS)}")
+        if init not in INITS:
+            raise ValueError(f"init={init!r} is unknown; use one of {list(INITS)}")
+        if not hidden_sizes or min(hidden_sizes) < 1 or n_features < 1 or horizon < 1:
+            raise ValueError(
+                f"need n_features >= 1, horizon >= 1 and at least one positive hidden size; "
+                f"got n_features={n_features}, hidden_sizes={tuple(hidden_sizes)}, horizon={horizon}"
+            )
+        self.cell = cell
+        self.residual = residual
+        self.layer_names: list[str] = []
+        self.skips: dict[str, str | None] = {}  # layer -> "identity", projection name, or None
+        width = n_features
+        for i, size in enumerate(hidden_sizes):
+            name = f"{cell}_{i}"
+            self.add_module(name, CELLS[cell](width, size, batch_first=True))
+            self.layer_names.append(name)
+            if not residual or i == 0:
+                self.skips[name] = None
+            elif width == size:
+                self.skips[name] = "identity"
+            else:
+                self.add_module(f"proj_{i}", nn.Linear(width, size))
+                self.skips[name] = f"proj_{i}"
+            width = size
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(width, horizon)
+        init_recurrent_(self, init, gain=gain, forget_bias=forget_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # B batch, T window, F features, H_i width of layer i, H horizon
+        last = self.layer_names[-1]
+        for name in self.layer_names:
+            out, _ = getattr(self, name)(x)  # (B, T, H_{i-1}) -> (B, T, H_i)
+            if name == last:  # only the last time step reaches the head: no dropout or skip on the rest
+                out, x = out[:, -1], x[:, -1]  # (B, H_last), (B, H_{last-1})
+            out = self.dropout(out)
+            skip = self.skips[name]
+            if skip == "identity":
+                out = out + x
+            elif skip is not None:
+                out = out + getattr(self, skip)(x)  # (B, [T,] H_{i-1}) -> (B, [T,] H_i)
+            x = out
+        return self.head(x)  # (B, H_last) -> (B, H)
+
+    def recurrent_layers(self) -> list[nn.Module]:
+        return [getattr(self, name) for name in self.layer_names]
+
+
+def init_recurrent_(
+    model: ResidualLSTM, mode: str = "orthogonal", gain: float = 1.0, forget_bias: float = 1.0
+) -> None:
+    """Initialise every recurrent layer, projection and the head of ``model`` in place.
+
+    ``orthogonal`` makes each gate's block of ``weight_hh`` (H x H) orthogonal on its own, not the
+    stacked (G*H x H) matrix as one, so every gate starts as a norm-preserving map; each block of
+    ``weight_ih`` is (semi-)orthogonal too. ``glorot`` draws every block Glorot-uniform. Both zero
+    the biases except the LSTM forget gate, set to ``forget_bias`` (split so that
+    ``bias_ih + bias_hh`` equals it). ``default`` keeps torch's recurrent init untouched.
+    Projections and the head are Glorot-uniform with zero bias in every mode, as the recipe advises.
+    """
+    if mode not in INITS:
+        raise ValueError(f"init={mode!r} is unknown; use one of {list(INITS)}")
+    draw = {"orthogonal": nn.init.orthogonal_, "glorot": nn.init.xavier_uniform_}.get(mode)
+    with torch.no_grad():
+        if draw is not None:
+            gates = GATES[model.cell]
+            for layer in model.recurrent_layers():
+                for weight in (layer.weight_ih_l0, layer.weight_hh_l0):
+                    for block in weight.chunk(gates, dim=0):  # views: (G*H, in) -> G x (H, in)
+                        draw(block, gain=gain)
+                layer.bias_ih_l0.zero_()
+                layer.bias_hh_l0.zero_()
+                if model.cell == "lstm":
+                    layer.bias_ih_l0.chunk(gates)[FORGET_GATE].fill_(forget_bias)
+        for name, module in model.named_children():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
