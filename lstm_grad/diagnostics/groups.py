@@ -15,8 +15,9 @@ Rules (``groups=`` everywhere in this package):
 - ``{name: regex}``: a parameter's full name (as ``named_parameters`` spells it) goes to the first
   group whose pattern ``re.search``-es it; parameters no pattern matches go to ``"other"``.
 
-Only parameters with ``requires_grad`` at grouping time count: a frozen layer never shows up as a
-"vanishing" group. Pure Python over names; nothing here touches a gradient.
+By default only parameters with ``requires_grad`` at grouping time count, so a frozen layer is no
+group; the monitor groups every parameter and leaves out a group without a gradient at each step
+instead (so unfreezing renames nothing). Pure Python over names; nothing here touches a gradient.
 """
 
 from __future__ import annotations
@@ -148,16 +149,17 @@ class ParameterGroups:
         return counts
 
 
-def parameter_groups(module: nn.Module, rule: GroupRule = "auto") -> ParameterGroups:
-    """Group the trainable parameters of ``module`` under ``rule``.
+def parameter_groups(module: nn.Module, rule: GroupRule = "auto", trainable_only: bool = True) -> ParameterGroups:
+    """Group the trainable parameters of ``module`` under ``rule`` (every parameter with
+    ``trainable_only=False``: the monitor's groups, which must not change when a layer is unfrozen).
 
     >>> net = nn.ModuleDict({"rnn": nn.LSTM(2, 3, num_layers=2), "head": nn.Linear(3, 1)})
     >>> parameter_groups(net).names
     ['rnn.l0', 'rnn.l1', 'head']
     """
-    named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    named = [(name, p) for name, p in module.named_parameters() if p.requires_grad or not trainable_only]
     if not named:
-        raise ValueError(f"{type(module).__name__} has no trainable parameters to group")
+        raise ValueError(f"{type(module).__name__} has no {'trainable ' if trainable_only else ''}parameters to group")
     rnns = {name for name, sub in module.named_modules() if isinstance(sub, nn.RNNBase) and sub.num_layers > 1}
     labels = group_names([name for name, _ in named], rule, rnns)
     order = list(dict.fromkeys(labels))

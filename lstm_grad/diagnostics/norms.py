@@ -23,12 +23,25 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 STATS = ("rms", "max")
 
 
+def dense_values(grad: Tensor) -> Tensor:
+    """Return what a gradient's norm is taken over: a sparse gradient's coalesced values (duplicate
+    indices summed, as the optimizer applies them: ``nn.Embedding(sparse=True)``), else itself.
+
+    >>> g = torch.sparse_coo_tensor([[0, 0, 2]], [1.0, 2.0, 4.0], (3,))
+    >>> dense_values(g).tolist()
+    [3.0, 4.0]
+    """
+    return grad.coalesce().values() if grad.is_sparse else grad
+
+
 def fused_norms(grads: Sequence[Tensor], ord: float = 2.0) -> Tensor:
-    """Return the ``ord``-norm of every tensor as one float32 vector (P,) on the first one's device.
+    """Return the ``ord``-norm of every tensor as one float32 vector (P,) on the first one's device;
+    sparse tensors are measured over their coalesced values.
 
     >>> fused_norms([torch.tensor([3.0, 4.0]), torch.tensor([-2.0], dtype=torch.bfloat16)]).tolist()
     [5.0, 2.0]
     """
+    grads = [dense_values(g) for g in grads]
     low = [i for i, g in enumerate(grads) if g.dtype in LOW_PRECISION]
     high = [i for i, g in enumerate(grads) if g.dtype not in LOW_PRECISION]
     out: list[Tensor | None] = [None] * len(grads)

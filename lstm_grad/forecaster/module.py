@@ -1,15 +1,10 @@
-"""``LSTMForecaster``: loss, honest metrics in price units, optimiser, and true gradient norms.
+"""``LSTMForecaster``: loss, honest metrics in price units, optimiser; gradient norms through the one pipeline.
 
-Hook order of one optimizer step, as read in the installed Lightning 2.6.6:
-``lightning/pytorch/plugins/precision/precision.py``: ``backward`` -> ``post_backward`` calls
-``on_after_backward`` (callbacks first, then this module); ``_wrap_closure`` runs the closure, then
-``_after_closure`` calls ``on_before_optimizer_step`` and then ``_clip_gradients`` ->
-``configure_gradient_clipping`` (the only place ``Trainer(gradient_clip_val=...)`` acts), then the
-optimizer steps. Under a GradScaler (``plugins/precision/amp.py``, ``optimizer_step``) the scaler
-unscales *after* the closure, so ``on_after_backward`` sees scaled gradients and
-``on_before_optimizer_step`` unscaled ones. With ``accumulate_grad_batches=k`` the closure (and so
-``on_after_backward``) runs on every micro-batch, the optimizer every k-th batch and on the last
-batch of an epoch (``loops/training_epoch_loop.py``, ``_should_accumulate``).
+The gradient diagnostics are not re-implemented here: :meth:`LSTMForecaster.configure_callbacks` attaches
+a :class:`~lstm_grad.diagnostics.monitor.GradientMonitor` (the same callback any model uses) when the
+trainer has none, so ``grad_norm/lstm_0 ..``, ``grad_norm/total`` and ``grad_norm/total_clipped`` are
+the stepping optimizer's unscaled, accumulated gradient before and after clipping, on the steps
+Lightning writes logs (``lstm_grad/diagnostics/monitor.py`` cites the hook order it relies on).
 """
 
 from __future__ import annotations
@@ -22,8 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lstm_grad.training.compat import check_compatible
-from lstm_grad.diagnostics.groups import ParameterGroups, parameter_groups
-from lstm_grad.diagnostics.norms import GroupNorms, measure, tag_scalars, total_grad_norm
+from lstm_grad.diagnostics.monitor import GradientMonitor
 from lstm_grad.forecaster.metrics import ForecastMetrics
 from lstm_grad.forecaster.model import ResidualLSTM
 
@@ -78,14 +72,7 @@ class LSTMForecaster(pl.LightningModule):
         )
         self.loss_fn = LOSSES[loss]
         self.metrics = nn.ModuleDict({stage: ForecastMetrics() for stage in ("val", "test")})
-        # gradient norms (the protocol GradientMonitor reuses): the step measured, its groups, and the
-        # values, set in configure_gradient_clipping of that step
-        self.grad_groups: ParameterGroups | None = None
-        self.last_grad_step: int = -1
         self.epoch_metrics: dict[str, dict[str, float]] = {}  # last epoch's float64 metrics per stage
-        self.last_grad_measure: GroupNorms | None = None
-        self.last_grad_norms: dict[str, float] = {}
-        self._grad_pending = False
         self._train_loss_sum: Tensor | None = None  # sum of loss * batch size over this epoch
         self._train_loss_n = 0
 
@@ -172,75 +159,18 @@ class LSTMForecaster(pl.LightningModule):
             self.logger.log_hyperparams(params, {f"hparams/{k}": v for k, v in values.items()})
 
     # ---- gradients ---------------------------------------------------------------------------
-    def _closes_accumulation(self, batch_idx: int) -> bool:
-        """True on the backward whose gradient the optimizer will use (Lightning steps every k-th batch
-        and on the last batch of the epoch)."""
-        k = self.trainer.accumulate_grad_batches
-        return (batch_idx + 1) % k == 0 or batch_idx + 1 == self.trainer.num_training_batches
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Bring the gradient diagnostics: a plain ``Trainer().fit(LSTMForecaster(), datamodule=...)`` logs
+        ``grad_norm/lstm_0 ..`` through the one pipeline (:class:`GradientMonitor`). A monitor the trainer
+        already has (the commands configure one) is kept as it is."""
+        if self._trainer is not None and any(isinstance(c, GradientMonitor) for c in self.trainer.callbacks):
+            return []
+        return [GradientMonitor()]
 
     def _logger_writes_this_step(self) -> bool:
         """Mirror Lightning's ``should_update_logs``: the step about to finish is ``global_step + 1``."""
         every = self.trainer.log_every_n_steps
         return bool(self.logger) and every > 0 and (self.trainer.global_step + 1) % every == 0
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._batch_idx = batch_idx
-        self._grad_pending = False
-
-    def _write(self, values: dict[str, float]) -> None:
-        """Write step scalars straight to the loggers at the step Lightning writes ``train/loss_step``.
-
-        ``self.log`` would keep a key's last value for the rest of the epoch and write it again on a
-        later logged step that does not log it (a non-finite step): a stale point in TensorBoard.
-        Loggers write on rank 0 only (``rank_zero_only``); every rank holds the same all-reduced norms.
-        """
-        for logger in self.loggers:
-            logger.log_metrics(values, step=self.trainer.global_step)
-
-    def on_after_backward(self) -> None:
-        """Measure ``grad_norm/<layer>`` and ``grad_norm/total`` of the gradient the optimizer will use.
-
-        Only on the backward that closes an accumulation window and only on steps the logger writes;
-        divided by the GradScaler's scale when one is active (gradients here are still scaled). The
-        groups are the ``"auto"`` ones of :mod:`lstm_grad.diagnostics.groups` (``lstm_0 ..``, ``proj_i``,
-        ``head``). The pass is only queued here; ``configure_gradient_clipping`` reads it.
-        """
-        if not self._closes_accumulation(self._batch_idx) or not self._logger_writes_this_step():
-            return
-        if self.grad_groups is None:
-            self.grad_groups = parameter_groups(self)
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
-        self.last_grad_measure = measure(self.grad_groups, scale)
-        self.last_grad_step = self.trainer.global_step
-        self._grad_pending = True
-
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
-                                    gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
-        """Clip as ``Trainer(gradient_clip_val=...)`` asks; on logged steps also write the norms.
-
-        Lightning calls this after ``on_before_optimizer_step`` on every optimizer step, with
-        gradients already unscaled. On a logged step clipping by norm reuses the measured pre-clip
-        total (no second norm pass, no sync); then, whatever the algorithm (norm, value), one fused
-        pass measures ``grad_norm/total_clipped`` after clipping, ONE host sync reads everything, and
-        ``grad_norm/*``, ``grad_health/clipped`` (1 when clipping changed the gradient) and
-        ``grad_health/nonfinite`` are written (non-finite norms are left out, never logged as NaN).
-        """
-        measured = self.last_grad_measure if self._grad_pending else None
-        self._grad_pending = False
-        if measured is not None and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, measured.total)
-        else:
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        if measured is None:
-            return
-        after = [total_grad_norm(self.grad_groups)] if gradient_clip_val else []
-        norms, _, rest = measured.values(after)  # the one host sync of this step
-        clipped = rest[0] if rest else norms["total"]
-        self.last_grad_norms = {**norms, "total_clipped": clipped}
-        self._write(tag_scalars(norms, clipped))  # leaves non-finite norms out, flags the step
 
     # ---- checkpoints -------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
