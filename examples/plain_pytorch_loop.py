@@ -3,11 +3,12 @@
     python examples/plain_pytorch_loop.py
     python -m lstm_grad.diagnose runs/examples/plain
 
-Per logged step: measure the per-layer norms before clipping (queued on the device), clip, measure
-the total after clipping, and turn both into tags with one host sync (``tag_scalars``):
-``grad_norm/<group>``, ``grad_norm/total``, ``grad_norm/total_clipped``, ``grad_health/clipped``,
-``grad_health/nonfinite``, the tags ``GradientMonitor`` writes, so ``diagnose`` and TensorBoard
-read both alike. Steps that are not logged cost nothing.
+The same pipeline as the Lightning callback, in two calls per optimizer step: ``before_clip`` queues
+the per-layer norms of the optimizer's gradient (no host sync), ``after_clip`` measures the total
+after clipping, reads everything with one host sync, skips a non-finite update and warns on
+vanishing / exploding layers. The tags are the ones ``GradientMonitor`` writes (``grad_norm/<group>``,
+``grad_norm/total``, ``grad_norm/total_clipped``, ``grad_health/*``), so ``diagnose`` and TensorBoard
+read both alike. Unlogged steps cost one finiteness check (``check_every_step=False``: nothing).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
 from lstm_grad.data import GoldDataModule
-from lstm_grad.diagnostics import layer_grad_norms, parameter_groups, tag_scalars, total_grad_norm
+from lstm_grad.diagnostics import GradientTracker
 
 
 class LSTMRegressor(nn.Module):
@@ -43,7 +44,7 @@ def main(epochs: int = 5, hidden: int = 64, window: int = 60, days: int = 1247, 
     data.setup("fit")
     model = LSTMRegressor(data.n_features, hidden)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    groups = parameter_groups(model)  # once: the "auto" rule over the module's parameter names
+    tracker = GradientTracker(model)  # groups by the "auto" rule: net.l0, net.l1, head
     run_dir = Path(log_dir) / "plain"
     writer = SummaryWriter(run_dir)
     step = 0
@@ -55,12 +56,15 @@ def main(epochs: int = 5, hidden: int = 64, window: int = 60, days: int = 1247, 
             optimizer.zero_grad()
             loss.backward()
             logged = step % log_every == 0
-            norms = layer_grad_norms(model, groups) if logged else None  # before clipping
+            tracker.before_clip(optimizer, step=step, log=logged)
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            result = tracker.after_clip()  # one host sync on a logged step
             if logged:
                 writer.add_scalar("train/loss", loss.item(), step)
-                for tag, value in tag_scalars(norms, total_grad_norm(groups)).items():  # one host sync
-                    writer.add_scalar(tag, value, step)
+            for tag, value in result.tags.items():
+                writer.add_scalar(tag, value, step)
+            if result.stop:  # a non-finite gradient: the update was skipped
+                break
             optimizer.step()
             step += 1
     writer.close()

@@ -66,7 +66,14 @@ def test_plain_pytorch_loop_example(tmp_path):
     assert all(v == 0.0 for v in scalars["grad_health/nonfinite"].values())
 
 
-@pytest.mark.parametrize("name", ["gru_forecaster", "transformer_encoder", "plain_pytorch_loop"])
+def test_fabric_loop_example(tmp_path):
+    run = run_example("fabric_loop", **TINY, hidden=8, clip=0.05, log_dir=str(tmp_path))
+    scalars, _ = read_back(run)
+    check_norms(scalars, ["net.l0", "net.l1", "head"], 0.05, [0, 5, 10])
+    assert sorted(scalars["train/loss"]) == [0, 5, 10]
+
+
+@pytest.mark.parametrize("name", ["gru_forecaster", "transformer_encoder", "plain_pytorch_loop", "fabric_loop"])
 def test_examples_import_nothing_of_ours_but_the_data_and_the_diagnostics(name):
     text = (EXAMPLES / f"{name}.py").read_text()
     ours = sorted({line.split()[1] for line in text.splitlines() if line.startswith("from lstm_grad")})

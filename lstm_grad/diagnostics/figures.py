@@ -79,7 +79,7 @@ def heatmap_image(rows: Sequence[Sequence[float]], cell: tuple[int, int] = (12, 
 
     The same grid and log colour scale (viridis) as :func:`draw_heatmap`, without axes: a colour map
     applied to an array costs milliseconds, where rendering a labelled matplotlib figure at the end of
-    training cost ~0.5 s, the largest single cost of the default diagnostics (``scripts/bench.py``
+    training cost ~0.5 s, the largest single cost of the default diagnostics (``benchmarks.bench``
     item 3). Rows top to bottom are probes oldest first; columns left to right are lag 1, 2, ...
     """
     from matplotlib import colormaps  # the colour table only; pyplot is not imported

@@ -32,6 +32,8 @@ itself off; only the non-finite guard stops a run, deliberately.
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
@@ -47,6 +49,8 @@ LOG = logging.getLogger(__name__)
 
 __all__ = ["GradientHealthWarning", "GradientMonitor", "custom_scalars_layout"]
 
+AUTO_SAMPLES = 5  # unlogged steps timed before the automatic per-step check is kept or dropped
+AUTO_BUDGET = 0.005  # the per-step check may cost this share of a step
 _WRAPPED = "_gradient_monitor_original"  # instance attributes set on the module during fit
 _MONITORS = "_gradient_monitors"
 
@@ -86,9 +90,11 @@ class GradientMonitor(Callback):
             overflow is the scaler's to handle; only 25 overflows in a row count as non-finite.
         check_every_step: also check finiteness on steps the logger does not write (one fused pass
             and one read of the result there); off = nothing at all is computed on those steps.
-            ``None`` (default): on when the module's parameters are on the CPU, where reading a
-            result stalls no device queue (measured: ``python -m benchmarks.bench`` item 3), off on an
-            accelerator, where it would be a host sync per step; the choice is logged once.
+            ``None`` (default): decided by what it costs. Off on an accelerator, where the read would
+            be a host sync per step. On the CPU it starts on, and after the first ``AUTO_SAMPLES``
+            unlogged steps stays on only if its median time is at most ``AUTO_BUDGET`` (0.5 %) of the
+            median step (on a 50 M-parameter model it was 2.4 %; on the 3-layer LSTM 0.3 %:
+            ``python -m benchmarks.bench``); the choice is logged once.
         log_histograms_every_n_epochs: a histogram of each group's gradient every n epochs (0 = never).
 
     Raises:
@@ -113,6 +119,7 @@ class GradientMonitor(Callback):
         self._trainer: Any = None
         self._user_clipped: Optional[int] = None  # id of the optimizer the user's clip_gradients measured
         self._histogram_epoch = -1
+        self._auto, self._last_batch_start, self._step_seconds = False, None, []
 
     # ---- what tests and users read -------------------------------------------------------------------
     @property
@@ -165,16 +172,42 @@ class GradientMonitor(Callback):
                     experiment.add_custom_scalars(custom_scalars_layout())
         except Exception as error:  # a logger without custom scalars: the tags are still written
             LOG.debug("custom scalars layout not written: %s", error)
-        if self.check_every_step is None:
+        self._auto = self.check_every_step is None
+        if self._auto:
             device = next(pl_module.parameters()).device.type
             self.check_every_step = device == "cpu"
-            if trainer.is_global_zero:
-                where = "every optimizer step" if self.check_every_step else "logged steps only"
-                LOG.info("GradientMonitor: finiteness checked on %s (parameters on %s; set check_every_step to "
-                         "choose)", where, device)
-        for tracker in (self.tracker, *self.extra_trackers.values()):
-            tracker.check_every_step = bool(self.check_every_step)
+            self._auto = self.check_every_step  # a CPU run decides by the measured cost
+            if not self.check_every_step and trainer.is_global_zero:
+                LOG.info("GradientMonitor: finiteness checked on logged steps only (parameters on %s, where a "
+                         "per-step check is a host sync; set check_every_step to choose)", device)
+        self._set_check(bool(self.check_every_step))
         self._install(pl_module)
+
+    def _set_check(self, on: bool) -> None:
+        self.check_every_step = on
+        for tracker in (self.tracker, *self.extra_trackers.values()):
+            tracker.check_every_step = on
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        """While the automatic choice is open, time the steps; decide once enough checks were timed."""
+        if not getattr(self, "_auto", False) or self.off:
+            return
+        now = time.perf_counter()
+        if getattr(self, "_last_batch_start", None) is not None:
+            self._step_seconds.append(now - self._last_batch_start)
+        self._last_batch_start = now
+        checks = self.tracker.check_seconds
+        if len(checks) < AUTO_SAMPLES or len(self._step_seconds) < AUTO_SAMPLES:
+            return
+        self._auto = False
+        check, step = statistics.median(checks), statistics.median(self._step_seconds)
+        keep = check <= AUTO_BUDGET * step
+        self._set_check(keep)
+        if trainer.is_global_zero:
+            LOG.info("GradientMonitor: finiteness checked on %s: the per-step check costs %.2f ms of a %.1f ms step "
+                     "(%.2f %%, budget %.1f %%; set check_every_step to choose)",
+                     "every optimizer step" if keep else "logged steps only", 1e3 * check, 1e3 * step,
+                     100 * check / step, 100 * AUTO_BUDGET)
 
     def _install(self, pl_module: Any) -> None:
         """Wrap the module's ``configure_gradient_clipping`` (automatic optimization) and

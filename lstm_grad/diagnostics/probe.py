@@ -6,27 +6,32 @@ Once before training and every ``every_n_epochs`` after that, one backward on a 
 Vanishing across depth shows as a small ``grad_act`` at the first recurrent layer next to a large
 one at the last; vanishing across time as a short ``grad_time/reach``; across training as the
 heat map's rows.
+
+A probe that cannot run on a model (input that is not (B, T, F), a dict batch without ``split_batch``,
+reentrant activation checkpointing, packed sequences, a custom autograd Function without double
+backward ...) says so in one warning and turns itself off; training goes on.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from lstm_grad.diagnostics.figures import heatmap_figure, heatmap_image, profile_figure
 from lstm_grad.diagnostics.timegrad import lag_value, probe_gradients, time_reach
+from lstm_grad.diagnostics.trainer_state import Callback, overrides
+from lstm_grad.diagnostics.tracker import GradientHealthWarning
 
 PROFILE_TAG = "grad_time/profile_values"  # the full profile per probe, as JSON text (diagnose reads it)
 
 
-class TimeGradientProbe(pl.Callback):
+class TimeGradientProbe(Callback):
     """Log the gradient's reach through time and depth on a fixed batch, for any (B, T, F) model.
 
     Scalars (rank 0, at the current ``global_step``, through every logger): ``grad_time/lag_<k>`` for
@@ -40,7 +45,7 @@ class TimeGradientProbe(pl.Callback):
         every_n_epochs: probe after every n-th training epoch (and once before the first step); 0 = off.
         probe_size: windows in the probe batch when it is taken from a loader (8: a probe of 8 windows
             costs 11 ms against 16 ms for 16 on the default network, and the default run's diagnostics
-            stay under 3 % of the run; ``scripts/bench.py`` item 3).
+            stay under 3 % of the run; ``benchmarks.bench`` item 3).
         lags: lags logged as scalars; lags beyond the window are skipped.
         fraction: share of the largest gradient that still counts as reached.
         log_figure: also draw the last profile (``grad_time/profile``) and a labelled heat map
@@ -52,12 +57,15 @@ class TimeGradientProbe(pl.Callback):
         loss_fn: ``loss_fn(prediction, y)``; default the module's own ``loss_fn`` attribute, else MSE.
         layers: dotted paths of the submodules whose output gradient is logged as ``grad_act/<path>``;
             default every ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (shared prefix dropped, as the groups).
+        split_batch: turns one of the loader's batches into ``(x, y)``: x the model's (B, T, F) input, y
+            what ``loss_fn`` takes; default: a batch is ``(x, y, ...)``.
     """
 
     def __init__(self, every_n_epochs: int = 1, probe_size: int = 8, lags: Sequence[int] = (1, 10, 30, 60),
                  fraction: float = 0.01, log_figure: bool = False, probe_batch: Any = None,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-                 layers: Sequence[str] | None = None) -> None:
+                 layers: Sequence[str] | None = None,
+                 split_batch: Callable[[Any], tuple[Tensor, Tensor]] | None = None) -> None:
         if every_n_epochs < 0 or probe_size < 1 or not 0 < fraction < 1 or min(lags, default=1) < 1:
             raise ValueError(f"need every_n_epochs >= 0, probe_size >= 1, 0 < fraction < 1 and lags >= 1; got "
                              f"{every_n_epochs}, {probe_size}, {fraction}, {list(lags)}")
@@ -72,6 +80,8 @@ class TimeGradientProbe(pl.Callback):
         self.last_step = 0
         self.profile: Tensor | None = None
         self.history: list[dict[str, Any]] = []  # {"label", "step", "profile" (time order)} per probe
+        self.split_batch = split_batch
+        self.off = False  # set when the probe cannot run on this model
 
     @property
     def state_key(self) -> str:
@@ -79,20 +89,20 @@ class TimeGradientProbe(pl.Callback):
                                         batch=self._given_shape)
 
     # ---- the probe batch --------------------------------------------------------------------------
-    def _loaders(self, trainer: pl.Trainer) -> list[Callable[[], Any]]:
+    def _loaders(self, trainer: Any) -> list[Callable[[], Any]]:
         """Where a batch may come from, in order: validation loaders, then the train loader."""
         module, datamodule = trainer.lightning_module, trainer.datamodule
         found: list[Callable[[], Any]] = []
         if trainer.val_dataloaders is not None:  # set once a validation loop (or sanity check) has run
             found.append(lambda: trainer.val_dataloaders)
-        if datamodule is not None and is_overridden("val_dataloader", datamodule):
+        if datamodule is not None and overrides(datamodule, "val_dataloader"):
             found.append(datamodule.val_dataloader)
-        if is_overridden("val_dataloader", module):
+        if overrides(module, "val_dataloader"):
             found.append(module.val_dataloader)
         found.append(lambda: trainer.train_dataloader)
         return found
 
-    def _take_batch(self, trainer: pl.Trainer) -> tuple[Tensor, Tensor]:
+    def _take_batch(self, trainer: Any) -> tuple[Tensor, Tensor]:
         for make in self._loaders(trainer):
             loader = make()
             if isinstance(loader, dict):
@@ -111,10 +121,13 @@ class TimeGradientProbe(pl.Callback):
     def _first_windows(self, loader: Any) -> tuple[Tensor, Tensor] | None:
         xs, ys, have = [], [], 0
         for batch in loader:
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise ValueError(f"TimeGradientProbe reads (x, y, ...) batches; got {type(batch).__name__}; "
-                                 "pass probe_batch=(x, y)")
-            x, y = batch[0], batch[1]
+            if self.split_batch is not None:
+                x, y = self.split_batch(batch)
+            elif not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise ValueError(f"TimeGradientProbe reads (x, y, ...) batches; got {type(batch).__name__}; pass "
+                                 "split_batch=lambda batch: (x, y) or probe_batch=(x, y)")
+            else:
+                x, y = batch[0], batch[1]
             xs.append(x[: self.probe_size - have])
             ys.append(y[: self.probe_size - have])
             have += len(xs[-1])
@@ -123,11 +136,28 @@ class TimeGradientProbe(pl.Callback):
         return (torch.cat(xs), torch.cat(ys)) if xs else None  # (N, T, F), (N, ...)
 
     # ---- probing ----------------------------------------------------------------------------------
-    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, label: str = "") -> dict[str, float]:
-        """Run the probe now and log its scalars; return them."""
+    def probe(self, trainer: Any, pl_module: Any, label: str = "") -> dict[str, float]:
+        """Run the probe now and log its scalars; return them ({} once the probe has turned itself off)."""
+        if self.off:
+            return {}
+        try:
+            return self._probe(trainer, pl_module, label)
+        except Exception as error:  # a model the probe cannot take: say so once, step aside
+            self.off = True
+            if trainer.is_global_zero:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                warnings.warn(f"TimeGradientProbe cannot probe {type(pl_module).__name__} ({type(error).__name__}: "
+                              f"{first}); it is turned off and training goes on. It needs a (B, T, F) input whose "
+                              "gradient autograd can take (no reentrant checkpointing); pass split_batch= or "
+                              "probe_batch= for other batches", GradientHealthWarning, stacklevel=2)
+            return {}
+
+    def _probe(self, trainer: Any, pl_module: Any, label: str) -> dict[str, float]:
         if self.batch is None:
             self.batch = self._take_batch(trainer)
         x, y = (t.to(pl_module.device) for t in self.batch)
+        if x.dim() != 3:
+            raise ValueError(f"the input has shape {tuple(x.shape)}, not (batch, time, features)")
         own = getattr(pl_module, "loss_fn", None)
         loss_fn = self.loss_fn or (own if callable(own) else F.mse_loss)
         profile, acts = probe_gradients(pl_module, x, y, loss_fn, self.layers)
@@ -149,18 +179,18 @@ class TimeGradientProbe(pl.Callback):
                                                              "profile": profile_list}), trainer.global_step)
         return scalars
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self.every_n_epochs and trainer.is_global_zero and not self.history:
             self.probe(trainer, pl_module, "before training")
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         epoch = trainer.current_epoch
         if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0 and trainer.is_global_zero:
             self.probe(trainer, pl_module, f"epoch {epoch}")
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """Draw the last profile and the heat map (the scalars above track them every epoch)."""
-        if not (self.every_n_epochs and trainer.is_global_zero and self.profile is not None):
+        if self.off or not (self.every_n_epochs and trainer.is_global_zero and self.profile is not None):
             return
         rows = [h["profile"] for h in self.history]
         for logger in trainer.loggers:

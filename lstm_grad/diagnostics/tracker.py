@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,7 @@ class GradientTracker:
         self.skipped_steps = self.overflow_streak = 0
         self.nonfinite: dict[str, Any] | None = None  # step, groups, parameter of the first non-finite gradient
         self.last_step, self.last_norms = -1, {}  # the last logged step's norms (+ "total_clipped")
+        self.check_seconds: list[float] = []  # wall time of the per-step finiteness checks so far
         self._pending: _Pending | None = None
         if module is not None:
             self.attach(module)
@@ -171,7 +173,7 @@ class GradientTracker:
         if not log and not self.check_every_step:
             self._pending = None
             return
-        if not log and self._finite_quick(groups):
+        if not log and self._timed_quick_check(groups):
             self._pending = _Pending(step, False, key, None, groups, scaler_active, epoch)
             return
         with_max = log and "max" in self.stats
@@ -214,6 +216,14 @@ class GradientTracker:
         return StepResult(pending.step, tags)
 
     # ---- checks ----------------------------------------------------------------------------------------
+    def _timed_quick_check(self, groups: ParameterGroups) -> bool:
+        """:meth:`_finite_quick`, its wall time kept in ``check_seconds`` (the monitor's automatic choice
+        weighs it against the step; on a CPU the read makes the time the work's)."""
+        start = time.perf_counter()
+        finite = self._finite_quick(groups)
+        self.check_seconds.append(time.perf_counter() - start)
+        return finite
+
     def _finite_quick(self, groups: ParameterGroups) -> bool:
         """True when the sum of every gradient norm is finite: one fused pass and one read, about a
         quarter of the grouped measurement. False sends the step to the full measurement."""

@@ -28,10 +28,11 @@ def logger_writes(trainer: Any) -> bool:
     return bool(trainer.loggers) and every > 0 and (log_step(trainer) + 1) % every == 0
 
 
-def overrides(module: Any, hook: str) -> bool:
-    """True when ``module``'s class defines ``hook`` itself rather than inheriting Lightning's."""
-    for cls in type(module).__mro__:
-        if cls.__name__ == "LightningModule" and cls.__module__.endswith("core.module"):
+def overrides(obj: Any, hook: str) -> bool:
+    """True when ``obj``'s class (a LightningModule or DataModule of either namespace) defines ``hook``
+    in user code rather than inheriting Lightning's own."""
+    for cls in type(obj).__mro__:
+        if cls.__module__.split(".")[0] in ("lightning", "pytorch_lightning"):
             return False
         if hook in vars(cls):
             return True
