@@ -1,13 +1,13 @@
 """What ``Trainer.fit`` and our callbacks add over the hand loop, by cost, from a ``cProfile`` run.
 
-    python scripts/bench_profile.py --json docs/profile.json [--epochs 3] [--rounds 2]
+    python -m benchmarks.fit_profile --json docs/profile.json [--epochs 3] [--rounds 2]
 
-Profiles item 1's Lightning side (``scripts/bench_items.py``: TensorBoard, price metrics, a
+Profiles item 1's Lightning side (``benchmarks.overhead``: TensorBoard, price metrics, a
 checkpoint per epoch, ``GradientMonitor`` + ``TimeGradientProbe``) after a warm-up fit, and reports
 the cumulative time of each named cost as a share of the profiled fit, the smallest share over
 ``--rounds`` profiled fits. The sanity check's share includes its own validation step, logging and
 metrics, which are also counted in their rows. ``cProfile`` adds its own per-call cost, so read the shares as an order,
-not to the decimal; ``scripts/bench_report.py --profile`` puts them on the benchmark page.
+not to the decimal; ``python -m benchmarks.report --profile`` puts them on the benchmark page.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench import BenchConfig, machine_note  # noqa: E402
-from bench_items import lightning_fit, make_data, quiet  # noqa: E402
+from benchmarks.config import BenchConfig
+from benchmarks.fits import lightning_fit, make_data, quiet
+from benchmarks.stats import machine_note
+from lstm_grad import GradientMonitor, TimeGradientProbe
 
 # cost -> (file suffix, function name) entries whose cumulative time it is; "minus" entries are
 # work the hand loop does too (clipping), taken out of the hook that runs it.
@@ -43,7 +43,7 @@ COSTS: dict[str, dict[str, list[tuple[str, str]]]] = {
         "plus": [("fabric/loggers/tensorboard.py", "log_metrics"), ("pytorch/loggers/tensorboard.py", "save"),
                  ("pytorch/loggers/tensorboard.py", "log_hyperparams")]},
     "validation metrics' compute (ForecastMetrics, its log_dict left out)": {
-        "plus": [("lstm_grad/module.py", "_log_epoch_metrics")], "minus": [("pytorch/core/module.py", "log_dict")]},
+        "plus": [("lstm_grad/forecaster/module.py", "_log_epoch_metrics")], "minus": [("pytorch/core/module.py", "log_dict")]},
 }
 
 
@@ -57,8 +57,7 @@ def cumulative(stats: pstats.Stats, entries: list[tuple[str, str]]) -> float:
 
 
 def profile_shares(epochs: int, rounds: int) -> dict[str, object]:
-    from lstm_grad import GradientMonitor, TimeGradientProbe
-
+    """Profile ``rounds`` fits of item 1's Lightning side after a warm-up; each cost's smallest share."""
     quiet()
     cfg = BenchConfig.quick_config()
     dm = make_data(cfg, cfg.last_n_days)

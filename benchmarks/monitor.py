@@ -1,6 +1,6 @@
 """Cost of gradient monitoring on a user's model: lstm-grad's GradientMonitor vs Lightning's ``grad_norm``.
 
-``python scripts/bench_monitor.py [--rounds 5] [--epochs 2] [--device cpu|cuda] [--json PATH]``
+``python -m benchmarks.monitor [--rounds 5] [--epochs 2] [--device cpu|cuda] [--json PATH]``
 
 The model is one a user would write (not ours): a 3-layer ``nn.LSTM`` (hidden 64) and a linear head,
 on the embedded gold windows (last 1,247 days, window 60, 5 features, batch 32), Adam 1e-3, MSE,
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,11 +37,9 @@ import torch
 from lightning.pytorch.utilities import grad_norm
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import interleave, machine_note, summary  # noqa: E402
-
-from lstm_grad.data import GoldDataModule  # noqa: E402
-from lstm_grad.diagnostics import GradientMonitor, measure, parameter_groups, tag_scalars, total_grad_norm  # noqa: E402
+from benchmarks.stats import interleave, machine_note, summary
+from lstm_grad.data import GoldDataModule
+from lstm_grad.diagnostics import GradientMonitor, measure, parameter_groups, tag_scalars, total_grad_norm
 
 
 class UserLSTM(pl.LightningModule):

@@ -1,4 +1,4 @@
-"""Item 9 of ``scripts/bench.py``: our epoch time against darts' on the same network and windows.
+"""Item 9 of ``python -m benchmarks.bench``: our epoch time against darts' on the same network and windows.
 
 darts ``BlockRNNModel(model="LSTM")`` runs one ``nn.LSTM(num_layers=3, dropout=0.2)`` and a linear
 head (``darts/models/forecasting/block_rnn_model.py``, ``_BlockRNNModule``); ours runs the same plain
@@ -24,11 +24,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from bench import BenchConfig, summary
+from benchmarks.config import BenchConfig
+from benchmarks.stats import summary
 from lstm_grad import GradientMonitor, TimeGradientProbe
-from lstm_grad.training.callbacks import EpochTimer
 from lstm_grad.data import GoldDataModule
 from lstm_grad.module import LSTMForecaster
+from lstm_grad.training.callbacks import EpochTimer
 
 PLAIN_STACK = (128, 128, 128)  # darts' n_rnn_layers=3, hidden_dim=128
 

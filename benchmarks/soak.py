@@ -5,8 +5,8 @@ peak RSS; at the end it fits a least-squares line to RSS over epochs (MiB per ep
 onwards so that the first epoch's allocator warm-up is not counted as growth). A leak shows up as
 a positive slope of the order of the per-epoch data volume; noise is a fraction of a MiB.
 
-    python scripts/soak.py                      # the full soak: 20 epochs per cell
-    python scripts/soak.py --epochs 3 --limit_train_batches 40   # the short version
+    python -m benchmarks.soak                      # the full soak: 20 epochs per cell
+    python -m benchmarks.soak --epochs 3 --limit_train_batches 40   # the short version
 
 Not a test: it takes long and reports numbers for the README's reliability section.
 """

@@ -1,11 +1,11 @@
 """Wall time of one 8-run sweep: in this process (1 worker), a 2-worker joblib pool, a 2-worker Dask LocalCluster.
 
-    python scripts/sweep_timing.py                       # 4 configs x 2 seeds, 5 epochs, recipe data
-    python scripts/sweep_timing.py --max-epochs 2 --configs baseline residual --seeds 4
+    python -m benchmarks.sweep_timing                    # 4 configs x 2 seeds, 5 epochs, recipe data
+    python -m benchmarks.sweep_timing --max-epochs 2 --configs baseline residual --seeds 4
 
-The eight runs are ``scripts/ablation_runs.train_run`` jobs (the ablation's own runs) and go
-through ``lstm_grad.training.parallel.run_jobs`` exactly as ``scripts/ablation.py --workers N`` /
-``--cluster`` send them. Torch threads per job: ``cores // workers`` unless ``--threads`` is given
+The eight runs are ``experiments.runs.train_run`` jobs (the ablation's own runs) and go
+through ``lstm_grad.training.parallel.run_jobs`` exactly as ``python -m experiments.ablation --workers N``
+/ ``--cluster`` send them. Torch threads per job: ``cores // workers`` unless ``--threads`` is given
 (give it to compare rows: the same seeds and thread counts give identical rows in every mode).
 Run it on a quiet machine: the numbers are wall times, and neighbours' load is in them. Prints one
 line per mode and the largest difference of the test MASE between modes.
@@ -22,11 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ablation_runs import train_run  # noqa: E402
-
-from lstm_grad.training.parallel import check_workers, run_jobs  # noqa: E402
+from experiments.runs import train_run
+from lstm_grad.training.parallel import check_workers, run_jobs
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -43,7 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def specs(args: argparse.Namespace, runs_dir: Path) -> list[dict[str, Any]]:
-    """The sweep's jobs, as ``scripts/ablation.py`` plans them (patience high: every run trains all epochs)."""
+    """The sweep's jobs, as ``experiments.ablation`` plans them (patience high: every run trains all epochs)."""
     common = {"config_dir": args.config_dir, "runs_dir": str(runs_dir), "overrides": [], "patience": 10_000,
               "last_n_days": args.last_n_days, "horizon": 1, "target_mode": "level", "max_epochs": args.max_epochs}
     return [{**common, "config": c, "seed": s} for s in range(args.seeds) for c in args.configs]

@@ -1,8 +1,8 @@
 """The recipe's ablation, honestly: configs x seeds against persistence and a linear AR, plus a
 depth / window sweep that shows where gradients really vanish.
 
-    python scripts/ablation.py --part ablation --workers 2 --max-epochs 25      # results/ablation.md, runs.csv
-    python scripts/ablation.py --part depth --workers 2                         # results/depth.md, depth.png
+    python -m experiments.ablation --part ablation --workers 2 --max-epochs 25  # results/ablation.md, runs.csv
+    python -m experiments.ablation --part depth --workers 2                     # results/depth.md, depth.png
 
 Every run is a normal TensorBoard run under ``--runs-dir`` (``python -m lstm_grad.diagnose`` reads
 them). ``results/runs.csv`` gets one row per finished run, rewritten atomically after each one:
@@ -16,19 +16,18 @@ here and are the same as local ones for the same seeds and thread counts.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ablation_runs import BASELINES, COLUMNS, baseline_rows, code_commit, run_key, train_run  # noqa: E402
-
-from lstm_grad.training.parallel import check_workers, run_jobs  # noqa: E402
+from experiments.ablation_report import write_ablation_report
+from experiments.depth_sweep import run_depth_sweep
+from experiments.rows import read_rows, write_rows
+from experiments.runs import BASELINES, COLUMNS, baseline_rows, code_commit, run_key, train_run, where
+from lstm_grad.errors import UserError
+from lstm_grad.training.parallel import run_jobs
 
 CONFIGS = ("baseline", "clipped", "orthogonal", "residual")
 
@@ -71,36 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def where(args: argparse.Namespace) -> str:
-    """Describe where the runs go, for the progress line; checks workers x threads <= cores locally."""
-    if args.cluster:
-        return f"on the Dask cluster at {args.cluster}"
-    return f"with {args.workers} worker(s) x {check_workers(args.workers, args.threads)} thread(s)"
-
-
 # ---- runs.csv: resumable, complete rows only ----------------------------------------------------
-def read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    write_rows_to(path, rows, COLUMNS)
-
-
-def write_rows_to(path: Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Rewrite the whole CSV through a temporary file and ``os.replace`` (atomic on POSIX)."""
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
-
-
 class RunTable:
     """The rows of ``runs.csv`` keyed by run settings; ``add`` writes the file at once."""
 
@@ -113,7 +83,7 @@ class RunTable:
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows[run_key(row)] = row
-        write_rows(self.path, self.rows.values())
+        write_rows(self.path, self.rows.values(), COLUMNS)
 
 
 # ---- the ablation ------------------------------------------------------------------------------
@@ -133,8 +103,6 @@ def plan(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str,
 
 
 def run_ablation(args: argparse.Namespace) -> None:
-    from ablation_report import write_ablation_report
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = RunTable(out / "runs.csv")
@@ -171,13 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.part in ("ablation", "all"):
             run_ablation(args)
         if args.part in ("depth", "all"):
-            from depth_sweep import run_depth_sweep
-
             run_depth_sweep(args)
     except KeyboardInterrupt:
         print("interrupted: runs.csv holds the complete runs only; rerun to resume", file=sys.stderr)
         return 130
-    except (ValueError, OSError, argparse.ArgumentError) as error:  # bad flags or config, no scheduler, no Dask
+    except (UserError, ValueError, OSError, argparse.ArgumentError) as error:  # bad flags or config, no scheduler, no Dask
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     return 0

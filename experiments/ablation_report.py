@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ablation_runs import BASELINES, MAX_LAYERS
+from experiments.runs import BASELINES, MAX_LAYERS
 
 # The recipe's published numbers ("before" = its plain network, "after" = all fixes).
 RECIPE = {"mae": (47.23, 12.84), "accuracy": (68.0, 91.0), "grad_layer3": (0.000003, 0.002147),
@@ -218,13 +218,13 @@ def config_order(by_config: dict[str, Any]) -> list[str]:
 def write_ablation_report(rows: list[dict[str, Any]], out: Path, args: argparse.Namespace) -> list[Path]:
     """Write ablation.md (tables per horizon and target mode) and ablation.png; return the paths."""
     groups = grouped(rows)
-    command = "python scripts/ablation.py " + " ".join(getattr(args, "argv_text", []) or [])
+    command = "python -m experiments.ablation " + " ".join(getattr(args, "argv_text", []) or [])
     target = next((o.split("=", 1)[1] for o in getattr(args, "overrides", []) if o.startswith("--data.target=")), "gold")
     trained_names = sorted({r["config"] for r in rows} - set(BASELINES))
     lines = [f"# Ablation on the embedded {target} series: {', '.join(trained_names)} against persistence, drift "
              "and a linear AR", "",
              f"Page written by: `{command.strip()}`; rebuild it from `runs.csv` alone with "
-             "`python scripts/results_pages.py`.", "", *provenance(rows), "",
+             "`python -m experiments.results_pages`.", "", *provenance(rows), "",
              f"Protocol: embedded real {target} series (`--data.target {target}`), last {args.last_n_days} trading days, chronological 70/10/20 "
              "split, window and features from each config, batch 32, Adam 1e-3, MSE, dropout 0.2, early "
              f"stopping on val/loss (patience {args.patience}), at most {args.max_epochs} epochs, best checkpoint "

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ablation_report import provenance
+from experiments.ablation_report import provenance
 
 VARIANT_ORDER = ["plain/default", "plain/orthogonal", "residual/default", "residual/orthogonal"]
 
@@ -57,10 +57,10 @@ def write_depth_report(rows: list[dict[str, Any]], out: Path, args: argparse.Nam
     rows = ordered(rows)
     by_depth = [r for r in rows if int(r["window"]) == 60]
     by_window = [r for r in rows if int(r["depth"]) == args.sweep_depth]
-    command = "python scripts/ablation.py " + " ".join(getattr(args, "argv_text", []))
+    command = "python -m experiments.ablation " + " ".join(getattr(args, "argv_text", []))
     lines = [
         "# Depth / window sweep: where gradients vanish", "",
-        f"Command: `{command.strip()}`; rebuild from `depth.csv` alone with `python scripts/results_pages.py`.", "",
+        f"Command: `{command.strip()}`; rebuild from `depth.csv` alone with `python -m experiments.results_pages`.", "",
         *provenance(rows), "",
         f"Settings (cheap on purpose, so read trends, not decimals): {args.sweep_width} units per LSTM layer, "
         f"{args.sweep_epochs} epochs, seed {args.sweep_seed}, one run per cell; otherwise `configs/clipped.yaml` "

@@ -6,7 +6,8 @@ epochs, one seed, clipnorm 1.0 (``configs/clipped.yaml`` otherwise). Per run: th
 recurrent layer gradient-norm ratio at the first step (before any update) and over the last epoch
 (median of per-step ratios), the time reach (oldest lag whose ‖∂L/∂x_t‖ is >= 1 % of the largest,
 on 256 fixed train windows) at init and at the end, and the test MASE of the final weights.
-Writes ``results/depth.csv``, ``results/depth.md`` and ``results/depth.png``.
+Writes ``results/depth.csv``, ``results/depth.md`` and ``results/depth.png``; run it with
+``python -m experiments.ablation --part depth`` (its flags: ``--depths``, ``--windows``, ``--sweep-*``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 
-from ablation import read_rows, where
-from ablation_runs import quiet, versions
-
+from experiments.depth_report import write_depth_report
+from experiments.rows import read_rows, write_rows
+from experiments.runs import quiet, versions, where
+from lstm_grad.diagnostics.events import read_run
 from lstm_grad.training.parallel import run_jobs
 
 VARIANTS = [("plain", "default"), ("plain", "orthogonal"), ("residual", "default"), ("residual", "orthogonal")]
@@ -32,15 +33,14 @@ COLUMNS = ["variant", "depth", "window", "width", "epochs", "ratio_start", "rati
            "grad_first_end", "grad_last_end", "wall_s", "log_dir", "commit", "torch", "lightning"]
 
 
-class StepNorms(pl.Callback):
-    """Keep the module's per-layer gradient norms of every logged step (``log_every_n_steps=1``)."""
-
-    def __init__(self) -> None:
-        self.steps: list[dict[str, float]] = []
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if pl_module.last_grad_step == trainer.global_step - 1 and pl_module.last_grad_norms:
-            self.steps.append(dict(pl_module.last_grad_norms))
+def step_norms(log_dir: str | Path) -> list[dict[str, float]]:
+    """Return each logged step's per-layer gradient norms (``{group: norm}``) in step order, read back
+    from the run's event files (``log_every_n_steps=1``: every step)."""
+    by_step: dict[int, dict[str, float]] = {}
+    for group, series in read_run(log_dir).norms.items():
+        for step, value in series:
+            by_step.setdefault(step, {})[group] = value
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def reach(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -51,8 +51,8 @@ def reach(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
 
 def sweep_run(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one (variant, depth, window) for a few epochs; return its ``depth.csv`` row."""
-    from lstm_grad.training.callbacks import EpochTimer
     from lstm_grad.cli import GoldCLI
+    from lstm_grad.training.callbacks import EpochTimer
 
     quiet()
     start = time.perf_counter()
@@ -69,8 +69,6 @@ def sweep_run(spec: dict[str, Any]) -> dict[str, Any]:
             "--trainer.logger.init_args.version", version]
     cli = GoldCLI(args=args, run=False)
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
-    norms = StepNorms()
-    trainer.callbacks.append(norms)
     data.setup("fit")
     train = data.datasets["train"]
     idx = torch.arange(min(256, len(train)))
@@ -79,19 +77,20 @@ def sweep_run(spec: dict[str, Any]) -> dict[str, Any]:
     trainer.fit(module, datamodule=data)
     reach_end = reach(module.model, x, y)
     metrics = trainer.test(module, datamodule=data, verbose=False)[0]
+    steps = step_norms(trainer.log_dir)
     first, last = "lstm_0", f"lstm_{depth - 1}"
     per_epoch = trainer.num_training_batches
-    tail = norms.steps[-per_epoch:]
+    tail = steps[-per_epoch:]
     timer = next(c for c in trainer.callbacks if isinstance(c, EpochTimer))
     ratios = [s[first] / s[last] for s in tail if s[last] > 0]
     return {
         "variant": spec["variant"], "depth": depth, "window": window, "width": width, "epochs": spec["epochs"],
-        "ratio_start": norms.steps[0][first] / norms.steps[0][last] if norms.steps[0][last] > 0 else math.inf,
+        "ratio_start": steps[0][first] / steps[0][last] if steps[0][last] > 0 else math.inf,
         "ratio_end": statistics.median(ratios) if ratios else math.nan,
         "reach_start": reach_start, "reach_end": reach_end,
         "test_mase": float(metrics["test/mase"]), "test_mae": float(metrics["test/mae"]),
         "epoch_time_s": statistics.median(timer.epoch_times),
-        "grad_first_start": norms.steps[0][first], "grad_last_start": norms.steps[0][last],
+        "grad_first_start": steps[0][first], "grad_last_start": steps[0][last],
         "grad_first_end": statistics.median(s[first] for s in tail),
         "grad_last_end": statistics.median(s[last] for s in tail), "wall_s": time.perf_counter() - start,
         "log_dir": trainer.log_dir, "commit": spec["commit"], **versions(),
@@ -112,9 +111,7 @@ def key(row: dict[str, Any]) -> tuple[str, ...]:
 
 
 def run_depth_sweep(args: argparse.Namespace) -> None:
-    from ablation import write_rows_to
-    from depth_report import write_depth_report
-
+    """Run the sweep's missing cells (``python -m experiments.ablation --part depth``), then write its page."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "depth.csv"
@@ -126,7 +123,7 @@ def run_depth_sweep(args: argparse.Namespace) -> None:
 
     def done(index: int, row: dict[str, Any]) -> None:
         rows[key(row)] = row
-        write_rows_to(path, rows.values(), COLUMNS)
+        write_rows(path, rows.values(), COLUMNS)
         print(f"[{time.perf_counter() - started:6.0f} s] {row['variant']:<20} depth {row['depth']:>2} window "
               f"{row['window']:>3}: ratio {row['ratio_start']:.3g} -> {row['ratio_end']:.3g}, reach "
               f"{row['reach_start']} -> {row['reach_end']}, MASE {row['test_mase']:.2f}", flush=True)

@@ -1,50 +1,46 @@
-"""Rebuild every results page, and README's results section, from the committed CSVs; trains nothing.
+"""Rebuild every results page, docs/results.md's tables and README's short summary from the committed
+CSVs; trains nothing.
 
-    python scripts/results_pages.py [--results results] [--readme README.md]
+    python -m experiments.results_pages [--results results] [--page docs/results.md] [--readme README.md]
 
 - ``results/ablation.md`` / ``.png`` from ``results/runs.csv`` (the recipe's grid and the default
   forecaster), ``results/silver/ablation.md`` from ``results/silver/runs.csv``, ``results/depth.md`` /
-  ``.png`` from ``results/depth.csv`` (through ``scripts/ablation.py --report-only``);
-- README.md, between ``<!-- results:begin -->`` and ``<!-- results:end -->``: the headline tables, built
-  from the same CSVs, ``results/backtest.csv`` (walk-forward, h=1), ``results/backtest_h30/backtest.csv``
-  and the step times in ``results/logs/full_protocol.log``.
+  ``.png`` from ``results/depth.csv`` (through ``python -m experiments.ablation --report-only``);
+- ``--page`` (docs/results.md), between ``<!-- results:begin -->`` and ``<!-- results:end -->``: the
+  headline tables, built from the same CSVs, ``results/backtest.csv`` (walk-forward, h=1),
+  ``results/backtest_h30/backtest.csv`` and the step times in ``results/logs/full_protocol.log``;
+- ``--readme`` (README.md), between ``<!-- results-summary:begin -->`` and ``<!-- results-summary:end -->``:
+  the default forecaster's headline rows only.
 
-The numbers come from ``bash scripts/full_protocol.sh``; each row names the commit that made it.
+The numbers come from ``bash experiments/full_protocol.sh``; each row names the commit that made it.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import ablation  # noqa: E402
-from ablation_report import best_epochs, claims_table, grouped, num, pm, significant_seeds  # noqa: E402
-from depth_report import init_with_residuals  # noqa: E402
+from experiments import ablation
+from experiments.ablation_report import best_epochs, claims_table, grouped, num, pm, significant_seeds
+from experiments.blocks import replace_block
+from experiments.depth_report import init_with_residuals
+from experiments.rows import read_rows
 
 PROTOCOL = ["--seeds", "5", "--max-epochs", "50", "--patience", "10", "--last-n-days", "1247"]  # full_protocol.sh
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+SUMMARY_BEGIN, SUMMARY_END = "<!-- results-summary:begin -->", "<!-- results-summary:end -->"
 RECIPE = ("baseline", "clipped", "orthogonal", "residual")
 REFERENCE = ("persistence", "drift", "linear_ar")
 
 
-def read(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def rebuild_pages(results: Path) -> None:
-    """Rewrite the ablation, silver and depth pages with ``scripts/ablation.py --report-only``."""
+    """Rewrite the ablation, silver and depth pages with ``python -m experiments.ablation --report-only``."""
     for folder, target in ((results, []), (results / "silver", ["--set", "data.target=silver"])):
-        rows = read(folder / "runs.csv")
+        rows = read_rows(folder / "runs.csv")
         if not rows:
             continue
         configs = sorted({r["config"] for r in rows} - set(REFERENCE), key=lambda c: (c not in RECIPE, c))
@@ -64,12 +60,14 @@ def dm_cell(rows: list[dict[str, Any]]) -> str:
     return f"{worse} worse, {better} better of {len(rows)}"
 
 
-def forecaster_table(groups: dict, horizons: Sequence[str], mode: str, model: str) -> list[str]:
+def forecaster_table(groups: dict, horizons: Sequence[str], mode: str, model: str,
+                     references: Sequence[str] = REFERENCE) -> list[str]:
+    """One row per horizon and forecaster: ``model``, then ``references``, each where it has rows."""
     lines = ["| horizon | forecaster | runs | MAE (price) | MASE | DM p < 0.05 vs persistence | directional acc. (%) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for horizon in horizons:
         by_config = groups.get((horizon, mode), {})
-        for name in (model, *REFERENCE):
+        for name in (model, *references):
             rows = by_config.get(name, [])
             if rows:
                 acc = "n/a" if name == "persistence" else pm(rows, "dir_acc", ".1f", 100)
@@ -105,26 +103,34 @@ def convergence_table(groups: dict) -> list[str]:
     return lines
 
 
-def backtest_table(results: Path) -> list[str]:
+def backtest_table(results: Path, pooled_only: bool = False) -> list[str]:
+    """Walk-forward rows at h=1 and h=30, every fold then the pooled one (``all``), or the pooled ones only."""
     lines = ["| horizon | fold | test span | MAE | persistence MAE | MASE | DM p |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for horizon, path in (("1", results / "backtest.csv"), ("30", results / "backtest_h30" / "backtest.csv")):
-        for row in read(path):
+        for row in read_rows(path):
+            if pooled_only and row["fold"] != "all":
+                continue
             lines.append(f"| {horizon} | {row['fold']} | {row['test_start']}..{row['test_end']} | {num(row, 'mae'):.3f} | "
                          f"{num(row, 'naive_mae'):.3f} | {num(row, 'mase'):.4f} | {num(row, 'dm_p'):.3f} |")
     return lines if len(lines) > 2 else ["(no backtest CSV yet)"]
 
 
-def provenance(results: Path, rows: list[dict[str, Any]]) -> list[str]:
-    commits = sorted({r.get("commit") or "not recorded" for r in rows})
+def commits(results: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """The commits that made ``rows`` and the walk-forward pages, sorted, each once."""
+    found = [r.get("commit") or "not recorded" for r in rows]
     for md in (results / "backtest.md", results / "backtest_h30" / "backtest.md"):
         if md.exists():
-            commits += re.findall(r"[Cc]ommit:? `?([0-9a-f]{40}[^`\n]*)", md.read_text())
+            found += re.findall(r"[Cc]ommit:? `?([0-9a-f]{40}[^`\n]*)", md.read_text())
+    return sorted(set(found))
+
+
+def provenance(results: Path, rows: list[dict[str, Any]]) -> list[str]:
     steps = re.findall(r"done\s+(\S+): (\d+) s", (results / "logs" / "full_protocol.log").read_text()
                        if (results / "logs" / "full_protocol.log").exists() else "")
     versions = sorted({f"torch {r['torch']}, lightning {r['lightning']}" for r in rows if r.get("torch")})
-    lines = [f"Made at commit {', '.join(f'`{c}`' for c in sorted(set(commits)))} ({'; '.join(versions)}) by "
-             "`bash scripts/full_protocol.sh` on a quiet 2-core CPU (two single-thread runs at a time); this section "
-             "and the pages are rebuilt from the CSVs by `python scripts/results_pages.py`."]
+    lines = [f"Made at commit {', '.join(f'`{c}`' for c in commits(results, rows))} ({'; '.join(versions)}) by "
+             "`bash experiments/full_protocol.sh` on a quiet 2-core CPU (two single-thread runs at a time); this section "
+             "and the pages are rebuilt from the CSVs by `python -m experiments.results_pages`."]
     if steps:
         total = sum(int(s) for _, s in steps)
         lines.append("Wall time per step: " + ", ".join(f"{name} {int(s) / 60:.0f} min" for name, s in steps)
@@ -133,14 +139,15 @@ def provenance(results: Path, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def readme_section(results: Path) -> str:
-    rows = read(results / "runs.csv")
+    """The full results block (docs/results.md; README's results section before the docs pages)."""
+    rows = read_rows(results / "runs.csv")
     groups = grouped(rows)
-    silver = grouped(read(results / "silver" / "runs.csv"))
-    depth = read(results / "depth.csv")
+    silver = grouped(read_rows(results / "silver" / "runs.csv"))
+    depth = read_rows(results / "depth.csv")
     level_h1 = groups.get(("1", "level"), {})
     parts = [
-        *provenance(results, rows + read(results / "silver" / "runs.csv") + depth), "",
-        "**The default forecaster** (`configs/default.yaml`, log-return target), 5 seeds, test span 2012 "
+        *provenance(results, rows + read_rows(results / "silver" / "runs.csv") + depth), "",
+        "**The default forecaster** (the classes' defaults, no config: log-return target), 5 seeds, test span 2012 "
         "([`results/ablation.md`](results/ablation.md)); drift and the linear AR are fitted on the train span:", "",
         *forecaster_table(groups, ["1", "30"], "log_return", "default"), "",
         "**Walk-forward**, default forecaster, full series (expanding window), 5 folds of 250 trading days "
@@ -164,25 +171,42 @@ def readme_section(results: Path) -> str:
     return "\n".join(parts)
 
 
-def rewrite_readme(readme: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
-    """Replace the text between the ``begin`` and ``end`` marker lines of ``readme`` with ``section``."""
-    text = readme.read_text()
-    if begin not in text or end not in text:
-        raise SystemExit(f"error: {readme}: no {begin} ... {end} markers; add them where the section goes")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{begin}\n{section}\n{end}{tail}")
+def summary_section(results: Path) -> str:
+    """README's short block: the default forecaster against persistence at h=1 and h=30 (mean ± std over
+    seeds) and the pooled walk-forward rows; every other table is on docs/results.md."""
+    rows = read_rows(results / "runs.csv")
+    groups = grouped(rows)
+    shown = [r for r in rows if r["target_mode"] == "log_return" and r["config"] in ("default", "persistence")]
+    made = [c[:7] + c[40:] if re.match(r"[0-9a-f]{40}", c) else c for c in commits(results, shown)]
+    seeds = len(groups.get(("1", "log_return"), {}).get("default", []))
+    return "\n".join([
+        f"The default forecaster (the classes' defaults, no config: log-return target), {seeds} seeds, test span 2012, "
+        f"commit {', '.join(f'`{c}`' for c in made)}:", "",
+        *forecaster_table(groups, ["1", "30"], "log_return", "default", references=("persistence",)), "",
+        "Walk-forward, full series, 5 folds of 250 trading days, pooled:", "",
+        *backtest_table(results, pooled_only=True), "",
+        "Every table, the recipe's claims checked one by one, the depth sweep and a second series:",
+        "[docs/results.md](docs/results.md).",
+    ])
+
+
+def rewrite_readme(page: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the text between the ``begin`` and ``end`` marker lines of ``page`` (by default the
+    results block) with ``section``."""
+    replace_block(page, section, begin, end)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results")
-    parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--page", default="docs/results.md", help=f"page whose {BEGIN} block gets the tables")
+    parser.add_argument("--readme", default="README.md", help=f"file whose {SUMMARY_BEGIN} block gets the summary")
     args = parser.parse_args(argv)
     results = Path(args.results)
     rebuild_pages(results)
-    rewrite_readme(Path(args.readme), readme_section(results))
-    print(f"rewrote the pages under {results} and the results section of {args.readme}")
+    rewrite_readme(Path(args.page), readme_section(results))
+    rewrite_readme(Path(args.readme), summary_section(results), SUMMARY_BEGIN, SUMMARY_END)
+    print(f"rewrote the pages under {results}, the results block of {args.page} and the summary of {args.readme}")
     return 0
 
 

@@ -1,12 +1,14 @@
-"""One ablation run (train, test, read its TensorBoard run back) and the baseline rows.
+"""One ablation run (train, test, read its gradient norms back) and the baseline rows.
 
-Used by ``scripts/ablation.py``; each function returns plain ``runs.csv`` rows (dicts of str /
-float), so a joblib or Dask worker can send them back (``lstm_grad.training.parallel.run_jobs`` sets the
-worker's torch threads).
+Used by ``python -m experiments.ablation`` (and the depth sweep's helpers); each function returns plain
+``runs.csv`` rows (dicts of str / float), so a joblib or Dask worker can send them back
+(``lstm_grad.training.parallel.run_jobs`` sets the worker's torch threads). This is an installed
+package: a Dask worker imports these functions like any other installed code.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import shutil
@@ -17,12 +19,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 
-from lstm_grad.forecaster.backtest_report import code_state
+from experiments import CODE_PATHS
+from lstm_grad.diagnostics.events import DiagnoseError, read_run
 from lstm_grad.forecaster.baselines import baseline_forecasts
 from lstm_grad.forecaster.significance import diebold_mariano
+from lstm_grad.training.parallel import check_workers
+from lstm_grad.training.provenance import code_state
 
 MAX_LAYERS = 4  # grad-norm columns lstm_0..lstm_3 (the recipe's nets have 3 or 4 recurrent layers)
 GRAD_COLUMNS = [f"grad_lstm_{i}_{when}" for when in ("epoch1", "end") for i in range(MAX_LAYERS)]
@@ -38,14 +44,14 @@ BASELINES = ("persistence", "drift", "linear_ar")
 def code_commit(folder: str | Path | None = None, allow_dirty: bool = False) -> str:
     """Return ``git rev-parse HEAD`` of the repository the runs' code comes from.
 
-    Raises ``ValueError`` when any of ``CODE_PATHS`` has uncommitted or untracked changes (a
+    Raises ``ValueError`` when any of ``experiments.CODE_PATHS`` has uncommitted or untracked changes (a
     "-dirty" run is refused: its rows could not be reproduced from any commit) or outside a git
     checkout. Changes elsewhere, such as the results being written, do not count.
     ``allow_dirty`` (tests, trying things out) returns ``"<sha>-dirty"`` instead of raising; the
     result pages flag such rows.
     """
     try:
-        head, changed = code_state(folder)
+        head, changed = code_state(folder, CODE_PATHS)
     except (OSError, subprocess.SubprocessError) as error:
         raise ValueError(f"runs.csv records the commit of each run, but {folder or 'this folder'} is not a git "
                          f"checkout ({error}); run from a clone") from error
@@ -82,21 +88,47 @@ def data_args(spec: dict[str, Any]) -> list[str]:
             "--data.last_n_days", str(spec["last_n_days"])]
 
 
-def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """Read every scalar of a TensorBoard run back as ``{tag: [(step, value), ...]}`` sorted by step."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: sorted((e.step, e.value) for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
+def where(args: argparse.Namespace) -> str:
+    """Describe where the runs go, for the progress line; checks workers x threads <= cores locally."""
+    if args.cluster:
+        return f"on the Dask cluster at {args.cluster}"
+    return f"with {args.workers} worker(s) x {check_workers(args.workers, args.threads)} thread(s)"
 
 
-def grad_summary(scalars: dict[str, list[tuple[int, float]]], steps_per_epoch: int, epochs: int) -> dict[str, float]:
+class ValHistory(pl.Callback):
+    """Keep each validation epoch's ``val/*`` metrics (the sanity check left out), as logged.
+
+    The validation curve and the epoch of the tested checkpoint come from here; the gradient norms
+    come from the run's event files through the diagnostics' reader (``read_run``).
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.epochs.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+
+    def curve(self, tag: str) -> list[float]:
+        """The values of ``tag`` over the validation epochs that logged it."""
+        return [epoch[tag] for epoch in self.epochs if tag in epoch]
+
+
+def grad_norms(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Return the run's logged ``grad_norm/<group>`` series as ``{group: [(step, value), ...]}``;
+    empty when no step was logged (a run shorter than ``log_every_n_steps``)."""
+    try:
+        return read_run(log_dir).norms
+    except DiagnoseError:
+        return {}
+
+
+def grad_summary(norms: dict[str, list[tuple[int, float]]], steps_per_epoch: int, epochs: int) -> dict[str, float]:
     """Median logged ``grad_norm/lstm_i`` over epoch 1 and over the last epoch, per layer."""
     row: dict[str, float] = {}
     last_start = (epochs - 1) * steps_per_epoch
     for i in range(MAX_LAYERS):
-        series = scalars.get(f"grad_norm/lstm_{i}", [])
+        series = norms.get(f"lstm_{i}", [])
         first = [v for s, v in series if s < steps_per_epoch]
         last = [v for s, v in series if s >= last_start]
         row[f"grad_lstm_{i}_epoch1"] = statistics.median(first) if first else math.nan
@@ -120,7 +152,7 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any]:
     first, so an interrupted run never mixes event files); the test metrics are those of the best
     checkpoint (by what the config's checkpoint monitors: ``val/loss``, or ``val/mase`` in a
     config written by ``lstm_grad.tune``), ``val_mase`` is that checkpoint's validation MASE, the
-    DM test uses its ``predictions.csv``.
+    DM test uses its ``predictions.csv``. The run carries a :class:`ValHistory` for its validation curve.
     """
     from lstm_grad.fit import run
 
@@ -129,13 +161,13 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any]:
     version = f"seed{spec['seed']}"
     run_dir = Path(spec["runs_dir"]) / name / version
     shutil.rmtree(run_dir, ignore_errors=True)
-    args = ["--config", str(Path(spec["config_dir"]) / f"{spec['config']}.yaml"),
+    args = [*config_args(spec),
             "--seed_everything", str(spec["seed"]), "--trainer.max_epochs", str(spec["max_epochs"]),
             "--early_stopping.patience", str(spec["patience"]),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.logger.init_args.save_dir", str(spec["runs_dir"]),
             "--trainer.logger.init_args.name", name, "--trainer.logger.init_args.version", version,
-            *data_args(spec), *spec["overrides"]]
+            "--trainer.callbacks+=experiments.runs.ValHistory", *data_args(spec), *spec["overrides"]]
     start = time.perf_counter()
     result = run(args)
     wall = time.perf_counter() - start
@@ -143,12 +175,11 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any]:
     horizon = int(spec["horizon"])
     frame = pd.read_csv(Path(result["log_dir"]) / "predictions.csv")  # window-major, step-minor rows
     pred, actual, naive = (frame[c].to_numpy().reshape(-1, horizon) for c in ("predicted", "actual", "persistence"))
-    scalars = read_scalars(result["log_dir"])
-    val_losses = [v for _, v in scalars.get("val/loss", [])]
-    val_mase = [v for _, v in scalars.get("val/mase", [])]
+    history = next(c for c in trainer.callbacks if isinstance(c, ValHistory))
+    val_losses, val_mase = history.curve("val/loss"), history.curve("val/mase")
     # the epoch of the tested checkpoint: the minimum of what the checkpoint monitors (val/mase in a tuned config)
     monitor = getattr(trainer.checkpoint_callback, "monitor", None) or "val/loss"
-    selected = [v for _, v in scalars.get(monitor, [])] or val_losses
+    selected = history.curve(monitor) or val_losses
     best = int(np.argmin(selected)) if selected else -1
     row = {k: spec[k] for k in KEY}
     row.update({
@@ -158,11 +189,19 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any]:
         "epoch_time_s": result["epoch_time_s"], "epochs": result["epochs"], "best_epoch": best + 1,
         "best_val_loss": val_losses[best] if val_losses else math.nan,
         "val_mase": val_mase[best] if val_mase else math.nan,
-        **grad_summary(scalars, trainer.num_training_batches, result["epochs"]),
+        **grad_summary(grad_norms(result["log_dir"]), trainer.num_training_batches, result["epochs"]),
         "val_losses": ";".join(f"{v:.6g}" for v in val_losses), "wall_s": wall, "log_dir": str(result["log_dir"]),
         "commit": spec["commit"], **versions(),
     })
     return row
+
+
+def config_args(spec: dict[str, Any]) -> list[str]:
+    """``--config configs/<name>.yaml``; none for ``default``: the classes' own defaults are the default
+    forecaster (defined once, in ``LSTMForecaster`` and ``GoldDataModule``)."""
+    if spec["config"] == "default":
+        return []
+    return ["--config", str(Path(spec["config_dir"]) / f"{spec['config']}.yaml")]
 
 
 def baseline_rows(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,7 +209,7 @@ def baseline_rows(spec: dict[str, Any]) -> list[dict[str, Any]]:
     from lstm_grad.cli import GoldCLI
 
     quiet()
-    args = ["--config", str(Path(spec["config_dir"]) / f"{spec['config']}.yaml"), "--trainer.logger", "false",
+    args = [*config_args(spec), "--trainer.logger", "false",
             *data_args(spec), *spec["overrides"]]
     data = GoldCLI(args=args, run=False).datamodule
     data.setup("fit")

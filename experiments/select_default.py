@@ -1,9 +1,9 @@
 """Choose the default forecaster on VALIDATION data only: candidates x seeds, best checkpoint's val metrics.
 
-    python scripts/select_default.py --out results/default_selection.csv --seeds 3   # stage 1
-    python scripts/select_default.py --stage walkforward --runs-dir runs/select_wf       # stage 2
+    python -m experiments.select_default --out results/default_selection.csv --seeds 3   # stage 1
+    python -m experiments.select_default --stage walkforward --runs-dir runs/select_wf       # stage 2
 
-Stage 1 of the choice written up in ``configs/default.yaml`` (stage 2 is a walk-forward on validation
+Stage 1 of the choice written up in ``docs/forecasting.md`` (stage 2 is a walk-forward on validation
 data only, with ``python -m lstm_grad.backtest --data.end 2012-01-17``). Each candidate is a list of
 ``python -m lstm_grad.fit`` flags on top of ``configs/residual.yaml`` (the recipe's network and data:
 the embedded series, last 1,247 days, 70/10/20 split, raw-price inputs). Every run trains with early stopping on
@@ -15,7 +15,6 @@ skipped) and a summary table (mean +- std over seeds) printed at the end.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import statistics
 import sys
@@ -25,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from experiments.rows import read_rows, write_rows
 
 BASE = Path(__file__).resolve().parents[1] / "configs" / "residual.yaml"
 CANDIDATES: dict[str, list[str]] = {
@@ -133,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(walk_forward(args.candidates or list(WALKFORWARD), args.runs_dir, args.threads))
         return
     out = Path(args.out)
-    rows = list(csv.DictReader(out.open())) if out.exists() else []
+    rows = read_rows(out)
     done = {(r["candidate"], int(r["seed"])) for r in rows}
     args.candidates = args.candidates or list(CANDIDATES)
     for name in args.candidates:
@@ -143,10 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             row = run_candidate(name, CANDIDATES[name], seed, args.runs_dir)
             rows.append({k: str(v) for k, v in row.items()})
             out.parent.mkdir(parents=True, exist_ok=True)
-            with out.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
+            write_rows(out, rows, COLUMNS)
             print(f"{name} seed {seed}: val MASE {row['val_mase']:.4f}, val MAE {row['val_mae']:.3f}, "
                   f"{row['epochs']} epochs, {row['wall_s']:.0f} s", flush=True)
     print(summary([r for r in rows if r["candidate"] in args.candidates]))

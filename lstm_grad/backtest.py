@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,11 @@ import torch
 from lstm_grad.forecaster.backtest_report import write_outputs
 from lstm_grad.training.provenance import git_commit
 from lstm_grad.forecaster.baselines import forecast_metrics, persistence_forecast
-from lstm_grad.cli import GoldCLI, run_guarded
-from lstm_grad.training.console import release_logs
+from lstm_grad.cli import GoldCLI
+from lstm_grad.training.console import QuietRuns, release_logs
+from lstm_grad.training.entry import main_of
 from lstm_grad.data import DataError, GoldDataModule
+from lstm_grad.errors import ConfigError
 from lstm_grad.training.parallel import run_jobs
 from lstm_grad.forecaster.significance import diebold_mariano
 
@@ -57,14 +58,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--cluster", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
     own, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     if own.folds < 1 or own.test_days < 2:
-        raise ValueError(f"--folds {own.folds} must be >= 1 and --test_days {own.test_days} >= 2")
+        raise ConfigError(f"--folds {own.folds} must be >= 1 and --test_days {own.test_days} >= 2")
     return own, rest
 
 
 def plan_folds(fit_args: Sequence[str], folds: int, test_days: int, output: str | Path) -> list[dict[str, Any]]:
     """Place K folds on the series' rows; return one picklable job per fold (dates as ISO strings).
 
-    Raises ValueError when a fold's train span would be too short for one window.
+    Raises ConfigError when ``test_days`` leaves fewer than 2 test windows, DataError when a fold's
+    train span would be too short for one window.
     """
     cli = GoldCLI(args=[*fit_args, "--trainer.logger", "false"], run=False)
     settings = {k: v for k, v in cli.datamodule.hparams.items() if not k.startswith("_")}
@@ -73,7 +75,7 @@ def plan_folds(fit_args: Sequence[str], folds: int, test_days: int, output: str 
     dates, length = full.row_dates(), len(full.row_dates())
     window, horizon, cap = full.window, full.horizon, settings["last_n_days"] or length
     if test_days - horizon + 1 < 2:
-        raise ValueError(f"--test_days {test_days} leaves fewer than 2 test windows at data.horizon={horizon}")
+        raise ConfigError(f"--test_days {test_days} leaves fewer than 2 test windows at data.horizon={horizon}")
     jobs = []
     for k in range(1, folds + 1):
         end_row = length - (folds - k) * test_days - 1  # the fold's last test row
@@ -95,13 +97,6 @@ def plan_folds(fit_args: Sequence[str], folds: int, test_days: int, output: str 
     LOG.info("%s: %d folds of %d test rows; validation = the %d rows before each test span; %s train window",
              full.source, folds, test_days, test_days, "expanding" if cap >= length else f"rolling {cap}-row")
     return jobs
-
-
-def quiet() -> None:
-    """Keep a fold's output to warnings: the backtest prints one progress line per fold instead."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lstm_grad"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*(does not have many workers|LightningCLI's args|LeafSpec).*")
 
 
 def fold_forecasts(model: torch.nn.Module, data: GoldDataModule) -> dict[str, np.ndarray]:
@@ -131,14 +126,17 @@ def score(pred: np.ndarray, actual: np.ndarray, anchor: np.ndarray) -> dict[str,
 
 
 def run_fold(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one fold from scratch, test its best checkpoint, and score its test span (picklable in and out)."""
-    quiet()
-    cli = GoldCLI(args=job["args"], run=False)
-    trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    trainer.fit(model, datamodule=data)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.test(model, datamodule=data, ckpt_path=best or None, weights_only=True, verbose=False)  # loads best
-    forecasts = fold_forecasts(model, data)
+    """Train one fold from scratch, test its best checkpoint, and score its test span (picklable in and out).
+
+    The fold's output is kept to warnings (also in a worker process): the backtest prints one line per fold.
+    """
+    with QuietRuns("lstm_grad"):
+        cli = GoldCLI(args=job["args"], run=False)
+        trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        trainer.fit(model, datamodule=data)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=data, ckpt_path=best or None, weights_only=True, verbose=False)  # loads best
+        forecasts = fold_forecasts(model, data)
     return {**{k: v for k, v in job.items() if k != "args"}, **score(forecasts["pred"], forecasts["actual"],
             forecasts["anchor"]), "windows": forecasts["actual"].shape[0], "epochs": trainer.current_epoch,
             "best_checkpoint": best, "scaler": data.state_dict(), **forecasts}
@@ -166,23 +164,25 @@ def backtest(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Run the command; return the table (K fold rows and the pooled row) that it writes."""
     own, fit_args = parse_args(argv)
     output = Path(own.output)
-    for name in ("lightning.pytorch", "lightning.fabric", "matplotlib"):  # progress lines instead
-        logging.getLogger(name).setLevel(logging.WARNING)
-    commit = git_commit()  # the code that runs, before anything can change it
-    jobs = plan_folds(fit_args, own.folds, own.test_days, output)
-    release_logs()  # the settings and data were good: show the held log lines
-    results = run_jobs(run_fold, jobs, workers=own.workers, threads_per_worker=own.threads, cluster=own.cluster,
-                       on_result=lambda _, result: print(progress(result), flush=True))
-    command = ["python", "-m", "lstm_grad.backtest", *(sys.argv[1:] if argv is None else argv)]
-    table = write_outputs(results, pooled(results), output, command, commit)
+    with QuietRuns("matplotlib"):  # progress lines instead of Lightning's
+        commit = git_commit()  # the code that runs, before anything can change it
+        jobs = plan_folds(fit_args, own.folds, own.test_days, output)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"--output {output}: cannot create the folder ({error.strerror or error}); "
+                              "choose another --output") from None
+        release_logs()  # the settings and data were good: show the held log lines
+        results = run_jobs(run_fold, jobs, workers=own.workers, threads_per_worker=own.threads, cluster=own.cluster,
+                           on_result=lambda _, result: print(progress(result), flush=True))
+        command = ["python", "-m", "lstm_grad.backtest", *(sys.argv[1:] if argv is None else argv)]
+        table = write_outputs(results, pooled(results), output, command, commit)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {output / 'backtest.csv'}, backtest.md, backtest.png, backtest_predictions.csv")
     return table
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(run_guarded(backtest))
+main = main_of(backtest)
 
 
 if __name__ == "__main__":

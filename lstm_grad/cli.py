@@ -9,11 +9,8 @@ TensorBoard logging under ``runs/`` are on by default and configurable as ``--ch
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
-import warnings
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Sequence
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -26,10 +23,17 @@ from lstm_grad.training.callbacks import EpochTimer, PredictionWriter
 from lstm_grad.training import checkpoints
 from lstm_grad.training.compat import read_checkpoint
 from lstm_grad.training.run_dirs import resume_version
-from lstm_grad.training.console import Console, release_logs
-from lstm_grad.data import DataError, GoldDataModule
+from lstm_grad.training.console import release_logs
+from lstm_grad.training.entry import main_of, one_line, run_command
+from lstm_grad.data import GoldDataModule
+from lstm_grad.errors import ConfigError, UserError
 from lstm_grad.forecaster.module import LSTMForecaster
 
+run_guarded = run_command  # the name the commands' tests import
+
+# The default forecaster is LSTMForecaster's and GoldDataModule's own signature (``--print_config`` shows it);
+# the recipe's configs pin the recipe's values. The trainer's defaults are these; the configs state only
+# where they deviate.
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_epochs": 50,  # the recipe's 50 epochs; early stopping usually ends sooner
     "gradient_clip_val": 1.0,  # the recipe's clipnorm=1.0
@@ -39,16 +43,6 @@ TRAINER_DEFAULTS: dict[str, Any] = {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "runs", "name": "lstm_grad", "default_hp_metric": False},
     },
-}
-# The commands' default forecaster (fit, cli, backtest, tune), chosen on validation data only, never the test
-# span: configs/default.yaml spells it out and says why. It is the recipe's clipped 3-layer stack with two data
-# changes. The classes keep the recipe's defaults; the recipe's four configs pin them.
-FORECASTER_DEFAULTS: dict[str, Any] = {
-    "data.target_mode": "log_return",  # predict the change: a level target was 2.4-4x worse than persistence on val
-    "data.price_levels": False,  # scale-free inputs: a trending price leaves the train span's range (val MASE 1.6)
-    "model.hidden_sizes": [128, 64, 32],  # the recipe's plain stack: best on the validation walk-forward
-    "model.residual": False,
-    "model.init": "default",
 }
 
 
@@ -60,7 +54,7 @@ class GoldCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("save_config_callback", ResolvedConfig)
-        # exit_on_error=False: a bad flag, config key or value raises ArgumentError, which run_guarded
+        # exit_on_error=False: a bad flag, config key or value raises ArgumentError, which run_command
         # prints as one line (jsonargparse would print the whole usage block first)
         quiet = {"exit_on_error": False}
         kwargs.setdefault("parser_kwargs", {"description": __doc__.splitlines()[0], **quiet,
@@ -70,7 +64,6 @@ class GoldCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.n_features", "model.n_features", apply_on="instantiate")
         parser.link_arguments("data.horizon", "model.horizon", apply_on="instantiate")
-        parser.set_defaults(FORECASTER_DEFAULTS)
         parser.add_lightning_class_args(checkpoints.EpochCheckpoint, "checkpoint")  # last.ckpt every epoch
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
@@ -106,6 +99,20 @@ class GoldCLI(LightningCLI):
             if version is not None:  # same folder: the TensorBoard run and last.ckpt continue there
                 init.version = version
 
+    def instantiate_classes(self) -> None:
+        """Build the model, data, callbacks and trainer; a setting one of them refuses is a ConfigError:
+        Lightning's ``MisconfigurationException`` (``--trainer.accelerator gpu`` without a GPU) and a
+        ``ValueError`` raised by a constructor's own argument check (``--model.loss l7``,
+        ``--model.dropout 5``). A ``ValueError`` from deeper down stays a bug."""
+        try:
+            super().instantiate_classes()
+        except MisconfigurationException as error:
+            raise ConfigError(one_line(error)) from error
+        except ValueError as error:
+            if isinstance(error, UserError) or not _from_constructor(error):
+                raise
+            raise ConfigError(one_line(error)) from error
+
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Build the Trainer with atomic checkpoint writes, per-epoch reseeding (exact resume) and the
         release of held log lines once the data is set up."""
@@ -114,35 +121,10 @@ class GoldCLI(LightningCLI):
         return trainer
 
 
-def run_guarded(entry: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
-    """Run a command's ``entry(args)``; turn a bad-input error into one ``error:`` line and exit status 1
-    (2 for a bad flag or config), with nothing else on stderr: log records are held (``console.py``)
-    until the command calls :func:`~lstm_grad.training.console.release_logs` (the CLI's trainers do in their
-    ``setup`` hook, once the data has loaded) and discarded on such an error.
-
-    ``--debug`` anywhere on the command line keeps the full traceback; ``--verbose`` keeps Lightning's
-    chatter (seed, hardware, tips) and its internal deprecation warnings. Every command
-    (``fit``, ``cli``, ``forecast``, ``backtest``, ``tune``) goes through here.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug, verbose = "--debug" in args, "--verbose" in args
-    args = [a for a in args if a not in ("--debug", "--verbose")]
-    # the command line is handed over as ``args`` on purpose (to take --debug out of it)
-    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-    console = Console(verbose=verbose).install()
-    try:
-        entry(args)
-    except (DataError, ValueError, OSError, FloatingPointError, argparse.ArgumentError,
-            MisconfigurationException) as error:
-        if debug:
-            raise
-        console.discard()
-        hint = "; see --help" if isinstance(error, argparse.ArgumentError) else ""
-        print(f"error: {' '.join(str(error).split())}{hint}", file=sys.stderr)  # one line, always
-        return 1 if not isinstance(error, argparse.ArgumentError) else 2
-    finally:
-        console.restore()  # writes what is still held (a success, a bug's traceback, --debug)
-    return 0
+def _from_constructor(error: BaseException) -> bool:
+    """True when ``error`` was raised in the body of an ``__init__`` (a class refusing its arguments)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and frames[-1].name in ("__init__", "__post_init__")
 
 
 class ReleaseLogs(Callback):
@@ -168,9 +150,7 @@ def cli_main(args: Sequence[str] | None = None) -> GoldCLI:
     return GoldCLI(args=args)
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(run_guarded(cli_main))
+main = main_of(cli_main)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """Input the user can fix; the message is one line naming where (file, column, row, flag) and what to do."""
+    """Input the user can fix; the message is one line naming where (file, column, row, flag) and what to do.
+
+    ``exit_status`` is the command's exit status for it (1; a subclass may say otherwise, e.g.
+    ``diagnose`` keeps 2 for a folder that is not a run).
+    """
+
+    exit_status: int = 1
 
 
 class DataError(UserError, ValueError):

@@ -1,19 +1,18 @@
 """One command: train, test, predict, and print the model next to naive persistence.
 
-``python -m lstm_grad.fit`` trains the default forecaster (``configs/default.yaml``: the recipe's
-clipped 128/64/32 stack on a log-return target with scale-free inputs, chosen on validation data) on
-the embedded real gold series (last 1,247 days, window 60, 5 features); ``--config
-configs/residual.yaml`` is the recipe's full network. It takes the same flags as ``python -m
-lstm_grad.cli fit`` (``--trainer.max_epochs 5``, ``--data.source my_gold.csv`` ...), then tests the
-best checkpoint, writes the test-span predictions (CSV + PNG), prints a results table and, as its
-last line, the best checkpoint's forecast for the trading day(s) after the data's end.
+``python -m lstm_grad.fit`` trains the default forecaster (the classes' own defaults, shown by
+``--print_config``: the recipe's clipped 128/64/32 stack on a log-return target with scale-free
+inputs, chosen on validation data, see ``docs/forecasting.md``) on the embedded real gold series
+(last 1,247 days, window 60, 5 features); ``--config configs/residual.yaml`` is the recipe's full
+network. It takes the same flags as ``python -m lstm_grad.cli fit`` (``--trainer.max_epochs 5``,
+``--data.source my_gold.csv`` ...), then tests the best checkpoint, writes the test-span predictions
+(CSV + PNG), prints a results table and, as its last line, the best checkpoint's forecast for the
+trading day(s) after the data's end.
 """
 
 from __future__ import annotations
 
-import logging
 import statistics
-import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -21,7 +20,8 @@ import torch
 
 from lstm_grad.diagnostics.monitor import GradientMonitor
 from lstm_grad.training.callbacks import EpochTimer
-from lstm_grad.cli import GoldCLI, run_guarded
+from lstm_grad.cli import GoldCLI
+from lstm_grad.training.entry import main_of
 from lstm_grad.forecast import forecast_frame, forecast_line
 
 
@@ -89,6 +89,7 @@ def run(args: Sequence[str] | None = None) -> dict[str, Any]:
     epochs = trainer.fit_loop.epoch_progress.current.completed  # the run's, restored epochs included
     monitor = next((c for c in trainer.callbacks if isinstance(c, GradientMonitor)), None)
     if monitor is not None and monitor.nonfinite is not None and monitor.on_nonfinite == "stop":
+        # the non-finite guard's deliberate stop: one error line, no traceback (lstm_grad.training.entry)
         raise FloatingPointError(nonfinite_stop_message(trainer, monitor.nonfinite["step"]))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = best or None
@@ -134,9 +135,7 @@ def fit_main(args: Sequence[str] | None = None) -> None:
     print(forecast_line(forecast_frame(trainer.lightning_module, trainer.datamodule, end=trainer.datamodule.end)))
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(run_guarded(fit_main))
+main = main_of(fit_main)
 
 
 if __name__ == "__main__":

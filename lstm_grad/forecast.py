@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,9 +23,10 @@ import torch
 
 from lstm_grad.training.compat import DATA_STATE_KEY, read_checkpoint
 from lstm_grad.training.run_dirs import resolve_checkpoint
-from lstm_grad.cli import run_guarded
 from lstm_grad.training.console import release_logs
+from lstm_grad.training.entry import main_of
 from lstm_grad.data import DataError, GoldDataModule, load_series
+from lstm_grad.errors import CheckpointError, ConfigError
 from lstm_grad.data.features import build_features, parse_feature
 from lstm_grad.forecaster.module import LSTMForecaster
 from lstm_grad.data.calendar import infer_calendar, next_trading_days
@@ -54,8 +54,8 @@ def load_forecaster(path: str | Path) -> tuple[LSTMForecaster, GoldDataModule]:
     data_hp = {k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
     stats = checkpoint.get(DATA_STATE_KEY)
     if not model_hp or not data_hp or not stats:
-        raise ValueError(f"{path}: not a checkpoint of python -m lstm_grad.fit (no model / data settings or scaler); "
-                         "use a checkpoint from a run of lstm_grad")
+        raise CheckpointError(f"{path}: not a checkpoint of python -m lstm_grad.fit (no model / data settings or scaler); "
+                              "use a checkpoint from a run of lstm_grad")
     model = LSTMForecaster(**model_hp)
     model.load_state_dict(checkpoint["state_dict"])
     data = GoldDataModule(**data_hp)
@@ -211,9 +211,13 @@ def forecast_main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     release_logs()  # the input was good: show the held log lines (calendar choice ...) before the table
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     output = Path(args.output) if args.output else run_dir / "forecast.csv"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(output, index=False, float_format="%.6f")
-    forecast_figure(frame, frame.attrs["history"]).savefig(output.with_suffix(".png"), dpi=120)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(output, index=False, float_format="%.6f")
+        forecast_figure(frame, frame.attrs["history"]).savefig(output.with_suffix(".png"), dpi=120)
+    except OSError as error:  # a folder the user cannot write to, a full disk
+        raise ConfigError(f"--output {output}: cannot write the forecast ({error.strerror or error}); "
+                          "choose another --output") from None
     print(f"forecast from {frame['last_date'].iloc[0]} (last price {frame['last_price'].iloc[0]:.2f}, "
           f"source {args.source or data.source}); checkpoint {path}")
     print(forecast_table(frame))
@@ -221,9 +225,7 @@ def forecast_main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     return frame
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(run_guarded(forecast_main))
+main = main_of(forecast_main)
 
 
 if __name__ == "__main__":

@@ -21,22 +21,23 @@ Needs the optional extra: ``pip install -e ".[tune]"``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lstm_grad.training import search_space
-from lstm_grad.cli import run_guarded
+from lstm_grad.errors import ConfigError
 from lstm_grad.fit import FitCLI, results_table
+from lstm_grad.training.console import QuietRuns
+from lstm_grad.training.entry import main_of
 from lstm_grad.training.parallel import require_extra
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--pruner_warmup_epochs", type=int, default=2, help="epochs of a trial that are never pruned")
     args, fit_args = p.parse_known_args(list(argv))
     if args.n_trials < 1:
-        raise ValueError(f"--n_trials must be >= 1, found {args.n_trials}")
+        raise ConfigError(f"--n_trials must be >= 1, found {args.n_trials}")
     return args, fit_args
 
 
@@ -73,8 +74,12 @@ def open_storage(url: str | None) -> Any:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    Path(url).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(url))
+    try:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    except OSError as error:
+        raise ConfigError(f"--storage {url}: cannot open the journal file ({error.strerror or error}); "
+                          "choose another path") from None
 
 
 def trial_flags(study_dir: Path, number: int) -> list[str]:
@@ -181,43 +186,31 @@ def write_plots(study: Any, study_dir: Path) -> list[Path]:
     return paths
 
 
-@contextlib.contextmanager
-def quiet_trials() -> Iterator[None]:
-    """One line per trial: Lightning's per-run banners and Optuna's own trial lines off; the levels
-    and warning filters are restored afterwards (``tune`` may run inside a longer Python session)."""
-    import optuna
-
-    names = ("lightning", "lightning.pytorch", "lightning.fabric", "lstm_grad")
-    levels = {name: logging.getLogger(name).level for name in names}
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for name in names[:3]:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec).*")
-            yield
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-
-
 def tune(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run (or resume) the study; return the study, the best trial, its test metrics and the files written."""
+    """Run (or resume) the study; return the study, the best trial, its test metrics and the files written.
+
+    One line per trial: Lightning's per-run lines and Optuna's own trial lines are kept to warnings, the
+    data lines are said once (the first trial); levels and warning filters are restored afterwards.
+    """
+    require_extra(["optuna", "optuna_integration"], "python -m lstm_grad.tune", "tune")  # sets up optuna's logger
     args, fit_args = parse_args(sys.argv[1:] if argv is None else argv)
     space = search_space.load_space(args.space)
-    with quiet_trials():
+    with QuietRuns("optuna") as quiet:
         preflight(space, fit_args)
-        return run_study(args, fit_args, space)
+        return run_study(args, fit_args, space, quiet)
 
 
-def run_study(args: argparse.Namespace, fit_args: list[str], space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def run_study(args: argparse.Namespace, fit_args: list[str], space: dict[str, dict[str, Any]],
+              quiet: QuietRuns | None = None) -> dict[str, Any]:
     """Create or load the study, run the trials still missing, then write and test the best one."""
     import optuna
 
     study_dir = Path(args.out) / args.study_name
-    study_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--out {args.out}: cannot create {study_dir} ({error.strerror or error}); "
+                          "choose another --out") from None
     study = optuna.create_study(
         study_name=args.study_name, storage=open_storage(args.storage), direction="minimize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
@@ -231,7 +224,8 @@ def run_study(args: argparse.Namespace, fit_args: list[str], space: dict[str, di
 
         def once(trial: Any) -> float:
             value = objective(trial, space, fit_args, study_dir)
-            logging.getLogger("lstm_grad").setLevel(logging.WARNING)  # the data lines are said once
+            if quiet is not None:
+                quiet.add("lstm_grad")  # the data lines are said once
             return value
 
         started = time.perf_counter()
@@ -240,8 +234,8 @@ def run_study(args: argparse.Namespace, fit_args: list[str], space: dict[str, di
     try:
         best = study.best_trial
     except ValueError:
-        raise ValueError(f"study '{args.study_name}' has no completed trial with a finite val MASE; "
-                         f"see the trial lines above (widen the space or train longer)") from None
+        raise ConfigError(f"study '{args.study_name}' has no completed trial with a finite val MASE; "
+                          f"see the trial lines above (widen the space or train longer)") from None
     config = write_best_config(best, args.study_name, study_dir / "best.yaml")
     metrics = evaluate_on_test(best)
     study.trials_dataframe().to_csv(study_dir / "trials.csv", index=False)
@@ -267,18 +261,7 @@ def tune_main(args: Sequence[str] | None = None) -> None:
     print(report(tune(args)))
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        require_extra(["optuna", "optuna_integration"], "python -m lstm_grad.tune", "tune")
-    except ImportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    try:
-        sys.exit(run_guarded(tune_main))
-    except KeyboardInterrupt:
-        print("interrupted: with --storage, rerun the same command to resume the study", file=sys.stderr)
-        sys.exit(130)
+main = main_of(tune_main, interrupted="with --storage, rerun the same command to resume the study")
 
 
 if __name__ == "__main__":

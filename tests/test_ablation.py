@@ -1,9 +1,8 @@
-"""scripts/ablation.py end to end on a tiny span: rows, columns, persistence by hand, resume."""
+"""experiments.ablation end to end on a tiny span: rows, columns, persistence by hand, resume."""
 
 import csv
 import math
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,14 +12,13 @@ import torch
 
 from lstm_grad.data import load_series
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["config", "seed", "horizon", "target_mode", "mae", "mase", "dir_acc", "epoch_time_s", "best_epoch"]
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    sys.path.insert(0, str(SCRIPTS))
-    import ablation
+    from experiments import ablation
 
     return ablation
 
@@ -28,7 +26,7 @@ def ablation():
 def tiny_args(tmp_path: Path) -> list[str]:
     return ["--configs", "baseline", "residual", "--seeds", "1", "--max-epochs", "1", "--last-n-days", "300",
             "--set", "model.hidden_sizes=[8]", "--set", "data.window=20", "--workers", "1", "--threads", "1",
-            "--config-dir", str(SCRIPTS.parent / "configs"), "--out", str(tmp_path / "results"),
+            "--config-dir", str(ROOT / "configs"), "--out", str(tmp_path / "results"),
             "--runs-dir", str(tmp_path / "runs"), "--allow-dirty"]
 
 
@@ -44,7 +42,7 @@ def test_tiny_ablation_end_to_end(tmp_path, ablation):
     assert set(REQUIRED) <= set(rows[0])
     assert sorted(r["config"] for r in rows) == ["baseline", "drift", "linear_ar", "persistence", "residual"]
     assert all(r["horizon"] == "1" and r["target_mode"] == "level" for r in rows)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SCRIPTS.parent, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert {r["commit"].removesuffix("-dirty") for r in rows} == {head}
     assert {r["torch"] for r in rows} == {torch.__version__}
 

@@ -1,19 +1,17 @@
-"""scripts/bench.py: the pure helpers are right; a tiny run yields the JSON keys. No timed assertions."""
+"""benchmarks.bench: the pure helpers are right; a tiny run yields the JSON keys. No timed assertions."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-from bench import (HEADLINE, BenchConfig, Timing, compare, fit_exponent, gemm_flops, gemm_shapes,  # noqa: E402
-                   interleave, lstm_gate_flops, summary, table, tensor_bytes, verdict)
+from benchmarks.config import BenchConfig
+from benchmarks.flops import gemm_flops, gemm_shapes, lstm_gate_flops
+from benchmarks.headline import HEADLINE, table, verdict
+from benchmarks.stats import Timing, compare, fit_exponent, interleave, summary, tensor_bytes
 
 
 def test_gate_flops_by_hand():
@@ -77,7 +75,7 @@ def test_verdicts_and_table():
 
 
 def test_tiny_run_writes_the_json_keys():
-    from bench_items import run_bench
+    from benchmarks.bench import run_bench
 
     cfg = BenchConfig(last_n_days=300, window=10, hidden_sizes=(8,), repeats=1, warmup=0, items=(4, 5))
     result = json.loads(json.dumps(run_bench(cfg, log=lambda msg: None), default=str))

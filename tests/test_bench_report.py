@@ -1,22 +1,18 @@
-"""scripts/bench_report.py: the benchmark page and README's performance table come from the JSON files."""
+"""benchmarks.report: the benchmark page and the performance table come from the JSON files."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 MACHINE = {"torch": "2.13.0+cpu", "threads": 2, "cpus": 2, "loadavg": [0.5, 0.5, 0.5], "loadavg_end": [1.5, 1, 1],
            "commit": "b" * 40}
 
 
 @pytest.fixture(scope="module")
 def report():
-    sys.path.insert(0, str(SCRIPTS))
-    import bench_report
+    from benchmarks import report
 
-    return bench_report
+    return report
 
 
 def bench_json(ratio: float, spread: tuple[float, float, float], key: str = "lightning_vs_loop") -> dict:
@@ -37,7 +33,7 @@ def test_page_and_readme_table_are_built_from_the_json(tmp_path, report):
     readme = tmp_path / "README.md"
     readme.write_text("top\n<!-- bench:begin -->\ntyped 9.99\n<!-- bench:end -->\nbottom\n")
     out = tmp_path / "BENCHMARKS.md"
-    report.main([str(main), "--profile", str(profile), "--extra", str(full), "--out", str(out), "--readme", str(readme)])
+    report.main([str(main), "--profile", str(profile), "--extra", str(full), "--out", str(out), "--page", str(readme)])
     page = out.read_text()
     assert "| lightning_vs_loop | 1 | 1.052 | 1.042 / 1.052 / 1.059 | <= 1.03 | MISS |" in page
     assert "- `lightning_vs_loop_full`: 1.04 (rounds 1.034 / 1.04 / 1.045); 1 epoch(s) per fit on 9112 days" in page

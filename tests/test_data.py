@@ -178,7 +178,7 @@ def test_checkpoint_restores_scaler_through_trainer(tmp_path):
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     state = dm.state_dict()
     write_plain(tmp_path / "plain.csv", [p + 50 for p in PRICES])  # new data, same scaler expected
-    restored = GoldDataModule(source=str(tmp_path / "plain.csv"), last_n_days=None, window=WINDOW, horizon=1,
+    restored = GoldDataModule(source=str(tmp_path / "plain.csv"), last_n_days=None, window=WINDOW, horizon=1, target_mode="level",
                               batch_size=4, features=["price"], split=SPLIT)
     tester = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     tester.test(_TinyForecaster(1), datamodule=restored, ckpt_path=tmp_path / "last.ckpt", verbose=False)
@@ -196,7 +196,7 @@ def test_embedded_series_loads():
 
 
 def test_default_datamodule_on_embedded_data():
-    dm = GoldDataModule()
+    dm = GoldDataModule(price_levels=True)
     assert dm.n_features == 5 and dm.horizon == 1
     dm.setup("fit")
     assert dm.feature_names == ["gold", "silver", "log_return:gold", "log_return:silver", "volatility:gold:20"]
@@ -212,7 +212,7 @@ def test_default_datamodule_on_embedded_data():
 
 def test_default_features_on_single_price_file(tmp_path):
     prices = [100 + i + (i % 3) * 0.5 for i in range(80)]
-    dm = GoldDataModule(source=str(write_plain(tmp_path / "p.csv", prices)), last_n_days=None, window=5)
+    dm = GoldDataModule(source=str(write_plain(tmp_path / "p.csv", prices)), last_n_days=None, window=5, price_levels=True)
     dm.setup("fit")
     assert dm.feature_names == ["price", "log_return:price", "volatility:price:5", "volatility:price:20",
                                 "momentum:price:5"]

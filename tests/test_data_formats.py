@@ -224,7 +224,7 @@ def test_non_positive_prices_with_log_returns(tmp_path):
     for kwargs in ({"target_mode": "log_return", "features": ["price"]}, {"features": ["log_return:price"]}):
         with pytest.raises(DataError, match=r"column 'price', row 2024-01-08: value 0.0 is not positive"):
             GoldDataModule(source=source, last_n_days=None, window=3, **kwargs).setup("fit")
-    GoldDataModule(source=source, last_n_days=None, window=3, features=["price"]).setup("fit")  # level is fine
+    GoldDataModule(source=source, last_n_days=None, window=3, features=["price"], target_mode="level").setup("fit")  # level is fine
 
 
 def test_explicit_constant_feature_is_refused(tmp_path):

@@ -6,11 +6,9 @@ from __future__ import annotations
 import math
 import warnings
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from test_module import MemoryLogger, synthetic_csv
 from torch import nn
 
 from lstm_grad.diagnostics import GradientHealthWarning, GradientMonitor, TimeGradientProbe
@@ -82,32 +80,40 @@ class Experiment:
         return lambda tag, value=None, step=None, **kw: self.calls.append((name, tag, value, kw.get("global_step", step)))
 
 
-class RecordingLogger(MemoryLogger):
-    def __init__(self) -> None:
-        super().__init__()
-        self._experiment = Experiment()
+@pytest.fixture(name="RecordingLogger")
+def recording_logger_class(MemoryLogger):
+    """The class ``RecordingLogger``: a MemoryLogger whose ``experiment`` records the calls the callbacks make."""
 
-    @property
-    def experiment(self) -> Experiment:
-        return self._experiment
+    class RecordingLogger(MemoryLogger):
+        def __init__(self) -> None:
+            super().__init__()
+            self._experiment = Experiment()
 
+        @property
+        def experiment(self) -> Experiment:
+            return self._experiment
 
-def fit(tmp_path, *, model=None, callbacks=(), window=12, epochs=1, batches=None, log_every=1, logger=None,
-        **trainer_kw):
-    pl.seed_everything(0)
-    data = GoldDataModule(source=str(synthetic_csv(tmp_path)), last_n_days=None, window=window, batch_size=16,
-                          split=(0.6, 0.2, 0.2))
-    model = model or LSTMForecaster(n_features=data.n_features, hidden_sizes=(6, 4), dropout=0.0,
-                                    horizon=data.horizon)
-    logger = logger or MemoryLogger()
-    trainer = pl.Trainer(max_epochs=epochs, logger=logger, callbacks=list(callbacks), log_every_n_steps=log_every,
-                         enable_progress_bar=False, enable_model_summary=False, limit_train_batches=batches,
-                         num_sanity_val_steps=0, **{"enable_checkpointing": False, **trainer_kw})
-    trainer.fit(model, datamodule=data)
-    return trainer, logger.values, data
+    return RecordingLogger
 
 
-def test_probe_logs_profile_lags_reach_and_act_of_the_current_weights(tmp_path):
+@pytest.fixture
+def fit(tiny_forecaster, quiet_trainer, MemoryLogger):
+    """``fit(tmp_path, ...) -> (trainer, logged values, data)``: one tiny fit (window 12 by default)."""
+
+    def fit(tmp_path, *, model=None, callbacks=(), window=12, epochs=1, batches=None, log_every=1, logger=None,
+            **trainer_kw):
+        data, model = tiny_forecaster(tmp_path, window=window, model=model, split=(0.6, 0.2, 0.2))
+        logger = logger or MemoryLogger()
+        trainer = quiet_trainer(max_epochs=epochs, logger=logger, callbacks=list(callbacks),
+                                log_every_n_steps=log_every, limit_train_batches=batches,
+                                **{"enable_checkpointing": False, **trainer_kw})
+        trainer.fit(model, datamodule=data)
+        return trainer, logger.values, data
+
+    return fit
+
+
+def test_probe_logs_profile_lags_reach_and_act_of_the_current_weights(tmp_path, fit):
     probe = TimeGradientProbe(probe_size=20)
     trainer, values, data = fit(tmp_path, callbacks=[probe], epochs=2, batches=3)
     assert set(values["grad_time/reach"]) == {0, 3, 6}  # before training, after each epoch
@@ -136,7 +142,7 @@ def health_warnings(record) -> list[str]:
     return [str(w.message) for w in record if issubclass(w.category, GradientHealthWarning)]
 
 
-def test_vanishing_warns_once_naming_layer_step_value_and_fixes(tmp_path):
+def test_vanishing_warns_once_naming_layer_step_value_and_fixes(tmp_path, fit, synthetic_csv):
     data = GoldDataModule(source=str(synthetic_csv(tmp_path)), last_n_days=None, window=12)
     monitor = GradientMonitor(patience=3)
     with warnings.catch_warnings(record=True) as record:
@@ -158,7 +164,7 @@ def test_vanishing_warns_once_naming_layer_step_value_and_fixes(tmp_path):
     assert restored.state_dict() == monitor.state_dict()
 
 
-def test_residual_default_is_silent_and_logs_clip_rate_layout_histograms_figure(tmp_path):
+def test_residual_default_is_silent_and_logs_clip_rate_layout_histograms_figure(tmp_path, fit, RecordingLogger):
     monitor, logger = GradientMonitor(log_histograms_every_n_epochs=1), RecordingLogger()
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -196,19 +202,10 @@ class NaNAt(LSTMForecaster):
         return loss * float("nan") if self.global_step == self.nan_step else loss
 
 
-class Snapshot(pl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step, self.weights = step, None
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            self.weights = [p.detach().clone() for p in module.parameters()]
-
-
 @pytest.mark.parametrize("policy", ["stop", "skip"])
-def test_nonfinite_never_reaches_the_weights(tmp_path, policy):
+def test_nonfinite_never_reaches_the_weights(tmp_path, policy, fit, synthetic_csv, Snapshot):
     data = GoldDataModule(source=str(synthetic_csv(tmp_path)), last_n_days=None, window=12)
-    model = NaNAt(6, n_features=data.n_features, hidden_sizes=(6, 4), dropout=0.0, horizon=data.horizon)
+    model = NaNAt(6, n_features=data.n_features, hidden_sizes=(6, 4), residual=True, init="orthogonal", dropout=0.0, horizon=data.horizon)
     monitor, snapshot = GradientMonitor(on_nonfinite=policy), Snapshot(6)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     with warnings.catch_warnings(record=True) as record:
@@ -231,9 +228,9 @@ def test_nonfinite_never_reaches_the_weights(tmp_path, policy):
     assert all(torch.isfinite(t).all() for t in saved.values())
 
 
-def test_nonfinite_raise_names_step_and_layer(tmp_path):
+def test_nonfinite_raise_names_step_and_layer(tmp_path, fit, synthetic_csv):
     data = GoldDataModule(source=str(synthetic_csv(tmp_path)), last_n_days=None, window=12)
-    model = NaNAt(1, n_features=data.n_features, hidden_sizes=(6, 4), dropout=0.0, horizon=data.horizon)
+    model = NaNAt(1, n_features=data.n_features, hidden_sizes=(6, 4), residual=True, init="orthogonal", dropout=0.0, horizon=data.horizon)
     with pytest.raises(FloatingPointError, match=r"step 1 \(epoch 0\) in group lstm_0 \(parameter model\.lstm_0\."):
         fit(tmp_path, model=model, callbacks=[GradientMonitor(on_nonfinite="raise")], batches=3)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -246,15 +243,16 @@ def test_monitor_arguments_are_checked():
         GradientMonitor(vanish_threshold=1.0, explode_threshold=0.5)
 
 
-def test_monitor_reuses_the_forecasters_norms_and_writes_each_tag_once(tmp_path, monkeypatch):
-    import lstm_grad.diagnostics.monitor as monitor_module
+def test_one_measurement_per_step_and_each_tag_written_once(tmp_path, monkeypatch, fit, MemoryLogger):
+    """The forecaster brings no second pipeline: with a GradientMonitor on the trainer, one pass a step."""
+    import lstm_grad.diagnostics.tracker as monitor_module
 
     passes = []
     real = monitor_module.measure
     monkeypatch.setattr(monitor_module, "measure", lambda *a, **k: passes.append(k or a[1:]) or real(*a, **k))
     logger = MemoryLogger()
     trainer, values, _ = fit(tmp_path, callbacks=[GradientMonitor(check_every_step=False)], batches=3, logger=logger)
-    assert passes == []  # every step logged, every step measured by the module: no second pass
+    assert len(passes) == 3  # every step logged, each measured once: no second pass
     writes = [step for key, step in logger.writes if key == "grad_norm/total"]
     assert writes == [0, 1, 2] and sorted(values["grad_health/clip_rate"]) == [0, 1, 2]
     logger = MemoryLogger()

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +18,6 @@ SCRIPT = textwrap.dedent('''
     import lightning.pytorch as pl, torch, torch.distributed as dist
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.strategies import DDPStrategy
-    sys.path.insert(0, {tests!r})
-    from test_module import synthetic_csv
     from lstm_grad.diagnostics import GradientMonitor, TimeGradientProbe
     from lstm_grad.data import GoldDataModule
     from lstm_grad.module import LSTMForecaster
@@ -44,13 +41,14 @@ SCRIPT = textwrap.dedent('''
             self.expected[step] = {{k: math.sqrt(v) for k, v in squares.items()}}
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             step = trainer.global_step - 1  # the module's norms are read in its clipping hook, after the hook above
-            if module.last_grad_step == step:
-                self.seen[step] = dict(module.last_grad_norms)
+            monitor = next(c for c in trainer.callbacks if isinstance(c, GradientMonitor))
+            if monitor.tracker.last_step == step:
+                self.seen[step] = dict(monitor.tracker.last_norms)
 
-    out = Path(sys.argv[1])
+    out = Path(sys.argv[1])  # argv[2]: the price CSV, written once by the test (not by both ranks at once)
     pl.seed_everything(0)
-    data = GoldDataModule(source=str(synthetic_csv(out)), last_n_days=None, window=12, batch_size=8, split=(0.6, 0.2, 0.2))
-    model = LSTMForecaster(n_features=data.n_features, hidden_sizes=(6, 4), dropout=0.0, horizon=data.horizon)
+    data = GoldDataModule(source=sys.argv[2], last_n_days=None, window=12, batch_size=8, split=(0.6, 0.2, 0.2))
+    model = LSTMForecaster(n_features=data.n_features, hidden_sizes=(6, 4), residual=True, init="orthogonal", dropout=0.0, horizon=data.horizon)
     reference = AllReducedReference()
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo"),
                          max_epochs=1, limit_train_batches=4, limit_val_batches=1, log_every_n_steps=1,
@@ -63,12 +61,12 @@ SCRIPT = textwrap.dedent('''
 
 
 @pytest.mark.slow
-def test_ddp_ranks_agree_with_all_reduced_autograd_and_log_once(tmp_path):
+def test_ddp_ranks_agree_with_all_reduced_autograd_and_log_once(tmp_path, synthetic_csv):
     script = tmp_path / "ddp_run.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    script.write_text(SCRIPT.format())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=180,
-                          env=env, cwd=tmp_path)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), str(synthetic_csv(tmp_path))],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["seen"] == ranks[1]["seen"] and len(ranks[0]["seen"]) == 4  # identical on both ranks

@@ -17,7 +17,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
-from test_module import MemoryLogger
 from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
@@ -128,19 +127,25 @@ class Reference(pl.Callback):
                                               "total_clipped": after}
 
 
-def fit(module: pl.LightningModule, callbacks: list, logger=None, batches: int = 6, log_every: int = 1,
-        **trainer_kw) -> MemoryLogger:
-    pl.seed_everything(0)
-    logger = logger if logger is not None else MemoryLogger()
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, callbacks=callbacks, log_every_n_steps=log_every,
-                         limit_train_batches=batches, enable_progress_bar=False, enable_checkpointing=False,
-                         enable_model_summary=False, **trainer_kw)
-    trainer.fit(module, loader())
-    return logger
+@pytest.fixture
+def fit(MemoryLogger):
+    """``fit(module, callbacks, logger=None, ...) -> logger``: one epoch on ``loader()`` (a MemoryLogger by default)."""
+
+    def fit(module: pl.LightningModule, callbacks: list, logger=None, batches: int = 6, log_every: int = 1,
+            **trainer_kw) -> MemoryLogger:
+        pl.seed_everything(0)
+        logger = logger if logger is not None else MemoryLogger()
+        trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, callbacks=callbacks,
+                             log_every_n_steps=log_every, limit_train_batches=batches, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False, **trainer_kw)
+        trainer.fit(module, loader())
+        return logger
+
+    return fit
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_logged_norms_equal_float64_autograd_for_every_rule(case):
+def test_logged_norms_equal_float64_autograd_for_every_rule(case, fit):
     body, rule, group_of, settings = CASES[case]
     reference = Reference(group_of, settings.get("gradient_clip_val"), settings.get("gradient_clip_algorithm", "norm"),
                           autocast=settings.get("precision") == "bf16-mixed")
@@ -170,7 +175,7 @@ class ScaledFP32(MixedPrecision):
         return contextlib.nullcontext()
 
 
-def test_gradscaler_norms_are_those_of_the_unscaled_loss():
+def test_gradscaler_norms_are_those_of_the_unscaled_loss(fit):
     reference = Reference(lstm_auto)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=1000)
     values = fit(UserForecaster("lstm"), [reference, GradientMonitor()], batches=4,
@@ -181,7 +186,7 @@ def test_gradscaler_norms_are_those_of_the_unscaled_loss():
     assert scaler.get_scale() == 2.0**12 and values["grad_health/nonfinite"] == {s: 0.0 for s in range(4)}
 
 
-def test_stats_rms_and_max_per_group():
+def test_stats_rms_and_max_per_group(fit):
     seen = {}
 
     class Grab(pl.Callback):
@@ -199,7 +204,7 @@ def test_stats_rms_and_max_per_group():
         assert values["grad_max/total"][step] == max(float(g.abs().max()) for g in grads.values())
 
 
-def test_csv_and_tensorboard_receive_the_same_values(tmp_path):
+def test_csv_and_tensorboard_receive_the_same_values(tmp_path, fit):
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -253,16 +258,22 @@ def health_warnings(record) -> list[str]:
     return [str(w.message) for w in record if issubclass(w.category, GradientHealthWarning)]
 
 
-def fit_stack(residual: bool, monitor: GradientMonitor, loss_scale: float = 1.0, **kw) -> list[str]:
-    import warnings
+@pytest.fixture
+def fit_stack(fit):
+    """``fit_stack(residual, monitor, loss_scale=1.0, **kw) -> health warnings``: 4 steps of ``Stack``."""
 
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        fit(Stack(residual, loss_scale), [monitor], batches=4, **kw)
-    return health_warnings(record)
+    def fit_stack(residual: bool, monitor: GradientMonitor, loss_scale: float = 1.0, **kw) -> list[str]:
+        import warnings
+
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            fit(Stack(residual, loss_scale), [monitor], batches=4, **kw)
+        return health_warnings(record)
+
+    return fit_stack
 
 
-def test_sixteen_layer_plain_stack_vanishes_at_the_bottom_and_residual_does_not():
+def test_sixteen_layer_plain_stack_vanishes_at_the_bottom_and_residual_does_not(fit_stack):
     plain = GradientMonitor(patience=3)
     messages = fit_stack(False, plain)
     first = [m for m in messages if m.startswith("vanishing gradient in group layers.0 at step 2:")]
@@ -272,7 +283,7 @@ def test_sixteen_layer_plain_stack_vanishes_at_the_bottom_and_residual_does_not(
     assert fit_stack(True, residual) == [] and residual.health.warned == set()
 
 
-def test_relative_rule_sees_vanishing_that_a_large_loss_hides_from_the_absolute_one():
+def test_relative_rule_sees_vanishing_that_a_large_loss_hides_from_the_absolute_one(fit_stack):
     monitor = GradientMonitor(patience=3, explode_threshold=1e20)
     messages = fit_stack(False, monitor, loss_scale=1e10)  # every gradient x 1e10: layers.0 is far above 1e-5
     first = [m for m in messages if "group layers.0 " in m]
@@ -280,7 +291,7 @@ def test_relative_rule_sees_vanishing_that_a_large_loss_hides_from_the_absolute_
     assert monitor.health.low_streak["layers.0"] == 0 and monitor.health.relative_streak["layers.0"] >= 3
 
 
-def test_monitor_state_survives_a_checkpoint_round_trip(tmp_path):
+def test_monitor_state_survives_a_checkpoint_round_trip(tmp_path, MemoryLogger):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     first = GradientMonitor(patience=3)
@@ -314,7 +325,7 @@ def by_hand(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> tor
     return leaf.grad.square().sum(dim=(0, 2)).sqrt()
 
 
-def test_probe_uses_the_given_batch_and_loss_else_the_train_loader():
+def test_probe_uses_the_given_batch_and_loss_else_the_train_loader(fit):
     from lstm_grad import TimeGradientProbe
 
     x, y = next(iter(loader(n=16, batch=16)))
@@ -344,7 +355,7 @@ def test_probe_refuses_batches_it_cannot_read():
         TimeGradientProbe()._first_windows(dict_batches)
 
 
-def test_two_monitors_share_the_clipping_wrapper_and_fit_leaves_the_module_as_it_was():
+def test_two_monitors_share_the_clipping_wrapper_and_fit_leaves_the_module_as_it_was(fit):
     module = UserForecaster("gru")
     fine, coarse = GradientMonitor(), GradientMonitor(groups="children")
     values = fit(module, [fine, coarse], batches=3, gradient_clip_val=0.05).values

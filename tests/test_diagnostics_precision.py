@@ -10,14 +10,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
-from test_diagnostics import Snapshot
-from test_module import MemoryLogger, synthetic_csv
 from torch import nn
 
 from lstm_grad.diagnostics import GradientMonitor
-from lstm_grad.data import GoldDataModule
 from lstm_grad.diagnostics import layer_grad_norms
-from lstm_grad.module import LSTMForecaster
 
 
 class AutocastGradients(pl.Callback):
@@ -49,17 +45,20 @@ class AutocastGradients(pl.Callback):
         self.expected[trainer.global_step] = {k: math.sqrt(v) for k, v in squares.items()}
 
 
-def run(tmp_path, callbacks, **trainer_kw):
-    pl.seed_everything(0)
-    data = GoldDataModule(source=str(synthetic_csv(tmp_path)), last_n_days=None, window=12, batch_size=16,
-                          split=(0.6, 0.2, 0.2))
-    model = LSTMForecaster(n_features=data.n_features, hidden_sizes=(6, 4), dropout=0.0, horizon=data.horizon)
-    logger = MemoryLogger()
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, callbacks=callbacks, log_every_n_steps=1,
-                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=1, **trainer_kw)
-    trainer.fit(model, datamodule=data)
-    return trainer, logger.values
+@pytest.fixture
+def run(tiny_forecaster, quiet_trainer, MemoryLogger):
+    """``run(tmp_path, callbacks, **trainer_kw) -> (trainer, logged values)``: one epoch of the tiny forecaster
+    at window 12 on the CPU, one validation batch."""
+
+    def run(tmp_path, callbacks, **trainer_kw):
+        data, model = tiny_forecaster(tmp_path, window=12, split=(0.6, 0.2, 0.2))
+        logger = MemoryLogger()
+        trainer = quiet_trainer(max_epochs=1, accelerator="cpu", logger=logger, callbacks=callbacks,
+                                log_every_n_steps=1, enable_checkpointing=False, limit_val_batches=1, **trainer_kw)
+        trainer.fit(model, datamodule=data)
+        return trainer, logger.values
+
+    return run
 
 
 def cpu_has_bf16_lstm() -> bool:
@@ -74,7 +73,7 @@ def cpu_has_bf16_lstm() -> bool:
 
 @pytest.mark.skipif(not cpu_has_bf16_lstm(), reason="this CPU has no oneDNN bf16 LSTM; the bf16 path of "
                     "GradientMonitor is also tested on a TransformerEncoder in test_diagnostics_generic.py")
-def test_bf16_mixed_with_accumulation_logs_the_independent_norms(tmp_path):
+def test_bf16_mixed_with_accumulation_logs_the_independent_norms(tmp_path, run):
     probe = AutocastGradients()
     trainer, values = run(tmp_path, [probe, GradientMonitor()], precision="bf16-mixed", accumulate_grad_batches=2)
     assert trainer.global_step >= 2 and set(values["grad_norm/total"]) == set(probe.expected)
@@ -106,7 +105,7 @@ class ScaledAndUnscaled(pl.Callback):
         self.unscaled[trainer.global_step] = layer_grad_norms(module.model)["total"].item()
 
 
-def test_gradscaler_norms_are_unscaled_and_overflow_is_left_to_the_scaler(tmp_path):
+def test_gradscaler_norms_are_unscaled_and_overflow_is_left_to_the_scaler(tmp_path, run, Snapshot):
     seen, snapshot, monitor = ScaledAndUnscaled(inf_step=2), Snapshot(2), GradientMonitor()
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
     trainer, values = run(tmp_path, [seen, snapshot, monitor], plugins=[ScaledFP32("16-mixed", "cpu", scaler=scaler)],

@@ -100,7 +100,7 @@ def test_print_config_shows_every_section():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     printed = yaml.safe_load(done.stdout)
-    assert printed["model"]["hidden_sizes"] == [128, 64, 32]  # the commands' default forecaster (cli.FORECASTER_DEFAULTS)
+    assert printed["model"]["hidden_sizes"] == [128, 64, 32]  # the default forecaster: LSTMForecaster's own defaults
     assert printed["data"]["target_mode"] == "log_return" and printed["data"]["price_levels"] is False
     assert printed["data"]["last_n_days"] == 1247 and printed["trainer"]["gradient_clip_val"] == 1.0
     assert printed["checkpoint"]["save_last"] is True

@@ -6,41 +6,13 @@ import copy
 import math
 
 import lightning.pytorch as pl
-import pandas as pd
 import pytest
 import torch
-from lightning.pytorch.loggers.logger import Logger
 from torch import nn
 
-from lstm_grad.data import GoldDataModule
 from lstm_grad.module import LSTMForecaster
 
 LAYERS = ["lstm_0", "lstm_1", "proj_1", "head", "total"]
-
-
-class MemoryLogger(Logger):
-    """Keep every logged scalar as {key: {step: value}}, and every write in ``writes``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.values: dict[str, dict[int, float]] = {}
-        self.writes: list[tuple[str, int]] = []
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
-
-    def log_metrics(self, metrics, step=None) -> None:
-        for key, value in metrics.items():
-            self.values.setdefault(key, {})[step] = float(value)
-            self.writes.append((key, step))
 
 
 class IndependentGradients(pl.Callback):
@@ -83,39 +55,30 @@ class IndependentGradients(pl.Callback):
         self.seen_before_step[step] = {k: math.sqrt(v) for k, v in own.items()}
 
 
-def synthetic_csv(tmp_path, rows: int = 160):
-    generator = torch.Generator().manual_seed(0)
-    price = 100 + torch.cumsum(torch.randn(rows, generator=generator), 0)
-    frame = pd.DataFrame({"date": pd.bdate_range("2020-01-01", periods=rows).strftime("%Y-%m-%d"),
-                          "price": price.numpy().round(3)})
-    path = tmp_path / "gold.csv"
-    frame.to_csv(path, index=False)
-    return path
+@pytest.fixture
+def train(tiny_forecaster, quiet_trainer, MemoryLogger):
+    """``train(tmp_path, ...) -> (logged values, IndependentGradients, trainer)``: one tiny fit at window 8."""
 
+    def train(tmp_path, *, module_class=None, clip=None, accumulate=1, log_every=1, batches_per_epoch=None,
+              epochs=1):
+        data, model = tiny_forecaster(tmp_path, model_class=module_class, split=(0.6, 0.2, 0.2))
+        logger, probe = MemoryLogger(), IndependentGradients()
+        trainer = quiet_trainer(max_epochs=epochs, logger=logger, callbacks=[probe], gradient_clip_val=clip,
+                                accumulate_grad_batches=accumulate, log_every_n_steps=log_every,
+                                enable_checkpointing=False, limit_train_batches=batches_per_epoch)
+        trainer.fit(model, datamodule=data)
+        norm_writes = [step for key, step in logger.writes if key == "grad_norm/total"]
+        assert len(norm_writes) == len(set(norm_writes)), "one grad_norm write per optimizer step"
+        return logger.values, probe, trainer
 
-def train(tmp_path, *, module_class=None, clip=None, accumulate=1, log_every=1, batches_per_epoch=None, epochs=1):
-    pl.seed_everything(0)
-    data = GoldDataModule(source=str(synthetic_csv(tmp_path)), last_n_days=None, window=8,
-                          batch_size=16, split=(0.6, 0.2, 0.2))
-    model = (module_class or LSTMForecaster)(n_features=data.n_features, hidden_sizes=(6, 4), dropout=0.0,
-                           horizon=data.horizon)
-    logger, probe = MemoryLogger(), IndependentGradients()
-    trainer = pl.Trainer(max_epochs=epochs, logger=logger, callbacks=[probe], gradient_clip_val=clip,
-                         accumulate_grad_batches=accumulate, log_every_n_steps=log_every,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_train_batches=batches_per_epoch,
-                         num_sanity_val_steps=0)
-    trainer.fit(model, datamodule=data)
-    norm_writes = [step for key, step in logger.writes if key == "grad_norm/total"]
-    assert len(norm_writes) == len(set(norm_writes)), "one grad_norm write per optimizer step"
-    return logger.values, probe, trainer
+    return train
 
 
 def logged_at(values: dict, key: str) -> dict[int, float]:
     return values.get(f"grad_norm/{key}", {})
 
 
-def test_logged_norms_equal_independent_autograd(tmp_path):
+def test_logged_norms_equal_independent_autograd(tmp_path, train):
     values, probe, _ = train(tmp_path)
     assert set(logged_at(values, "total")) == set(probe.expected)  # every step logged
     for step, expected in probe.expected.items():
@@ -125,7 +88,7 @@ def test_logged_norms_equal_independent_autograd(tmp_path):
                                 rel_tol=1e-6)
 
 
-def test_logged_norms_are_not_weight_norms(tmp_path):
+def test_logged_norms_are_not_weight_norms(tmp_path, train):
     values, _, trainer = train(tmp_path)
     last = max(logged_at(values, "lstm_1"))
     weights = trainer.lightning_module.model.lstm_1.parameters()
@@ -134,14 +97,14 @@ def test_logged_norms_are_not_weight_norms(tmp_path):
 
 
 def count_norm_passes(monkeypatch) -> list[int]:
-    import lstm_grad.module as module
+    import lstm_grad.diagnostics.tracker as module
 
     calls, real = [], module.measure
     monkeypatch.setattr(module, "measure", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
-def test_accumulation_logs_the_accumulated_gradient_on_optimizer_steps(tmp_path, monkeypatch):
+def test_accumulation_logs_the_accumulated_gradient_on_optimizer_steps(tmp_path, monkeypatch, train):
     calls = count_norm_passes(monkeypatch)
     values, probe, trainer = train(tmp_path, accumulate=2)
     assert len(calls) == trainer.global_step  # no pass on micro-batches that do not step
@@ -151,7 +114,7 @@ def test_accumulation_logs_the_accumulated_gradient_on_optimizer_steps(tmp_path,
         assert math.isclose(logged_at(values, "total")[step], probe.expected[step]["total"], rel_tol=1e-5)
 
 
-def test_only_steps_the_logger_writes_are_computed(tmp_path, monkeypatch):
+def test_only_steps_the_logger_writes_are_computed(tmp_path, monkeypatch, train):
     calls = count_norm_passes(monkeypatch)
     values, probe, trainer = train(tmp_path, log_every=3, epochs=2)
     written = set(values["train/loss_step"])
@@ -160,7 +123,7 @@ def test_only_steps_the_logger_writes_are_computed(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("clip", [None, 0.05])
-def test_total_clipped(tmp_path, clip):
+def test_total_clipped(tmp_path, clip, train):
     values, _, _ = train(tmp_path, clip=clip)
     totals, clipped = logged_at(values, "total"), logged_at(values, "total_clipped")
     assert set(totals) == set(clipped)
@@ -180,7 +143,7 @@ class LightningClipping(LSTMForecaster):
                                                        gradient_clip_algorithm)
 
 
-def test_reused_total_clips_exactly_like_lightning(tmp_path):
+def test_reused_total_clips_exactly_like_lightning(tmp_path, train):
     weights = {}
     for name, cls, clip in (("ours", None, 0.05), ("lightning", LightningClipping, 0.05),
                             ("unclipped", None, None)):
@@ -191,7 +154,7 @@ def test_reused_total_clips_exactly_like_lightning(tmp_path):
 
 
 def test_forecast_metrics_by_hand_with_horizon_3():
-    from lstm_grad.module import ForecastMetrics
+    from lstm_grad.forecaster.metrics import ForecastMetrics
 
     anchor = torch.tensor([10.0, 20.0])  # last observed prices
     actual = torch.tensor([[11.0, 9.0, 10.0], [22.0, 18.0, 21.0]])  # (B=2, H=3)

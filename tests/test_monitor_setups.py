@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import BackboneFinetuning
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lstm_grad.diagnostics import GradientHealthWarning, GradientMonitor, GradientTracker, TimeGradientProbe
+from lstm_grad.diagnostics import GradientFinding, GradientHealthWarning, GradientMonitor, GradientTracker, TimeGradientProbe
 
 
 def owner_norms(named_grads: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -156,6 +156,8 @@ def test_unfrozen_backbone_joins_the_total_that_clipping_sees(MemoryLogger, moni
         trainer_for(logger, callbacks, epochs=2, log_every_n_steps=1, gradient_clip_val=0.01).fit(Finetuned(), loader())
     values = logger.values
     assert not [w for w in record if issubclass(w.category, GradientHealthWarning)]  # frozen is not vanishing
+    findings = [str(w.message).split(":")[0] for w in record if issubclass(w.category, GradientFinding)]
+    assert findings == ["[warning] clip_saturated", "[warning] lr_too_low"]  # a clip of 0.01 on norms of ~2: true
     assert sorted(values["grad_norm/total"]) == list(range(8))
     assert sorted(values["grad_norm/backbone.0"]) == [4, 5, 6, 7]  # only once it has a gradient
     for step in range(8):
@@ -357,3 +359,32 @@ def test_automatic_per_step_check_is_kept_only_within_its_budget(check_ms, kept,
     assert monitor.check_every_step is kept and monitor.tracker.check_every_step is kept and not monitor._auto
     said = [r.getMessage() for r in caplog.records if "per-step check costs" in r.getMessage()]
     assert len(said) == 1 and f"{check_ms:.2f} ms of a 100.0 ms step" in said[0]
+
+
+class Weights(pl.Callback):
+    """The weights right before and right after each optimizer step, by hand."""
+
+    def __init__(self) -> None:
+        self.before, self.after, self.batch = {}, {}, -1
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.batch += 1
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        self.before[self.batch] = {n: p.detach().double().clone() for n, p in module.named_parameters()}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.after[self.batch] = {n: p.detach().double().clone() for n, p in module.named_parameters()}
+
+
+def test_update_ratio_is_the_weight_change_over_the_weight_by_hand(MemoryLogger):
+    logger, weights = MemoryLogger(), Weights()
+    trainer_for(logger, [GradientMonitor(), weights], log_every_n_steps=2).fit(WithSpare(), loader())
+    steps = sorted(logger.values["grad_update/body"])
+    assert steps == [1, 3] and "grad_update/spare" not in logger.values  # logged steps only; no gradient, no update
+    for step in steps:
+        for group in ("body", "head"):
+            names = [n for n in weights.after[step] if n.startswith(f"{group}.")]
+            moved = math.sqrt(sum(float((weights.after[step][n] - weights.before[step][n]).square().sum()) for n in names))
+            size = math.sqrt(sum(float(weights.after[step][n].square().sum()) for n in names))
+            assert math.isclose(logger.values[f"grad_update/{group}"][step], moved / size, rel_tol=1e-4)

@@ -19,7 +19,6 @@ from lstm_grad.training.run_dirs import resume_version
 from lstm_grad.training.checkpoints import EpochCheckpoint, atomic_torch_save, install
 from lstm_grad.data import DataError, GoldDataModule
 from lstm_grad.module import LSTMForecaster
-from test_module import synthetic_csv
 
 KILL_WHILE_WRITING = '''
 import os, shutil, signal, sys, torch
@@ -86,21 +85,24 @@ def test_lightning_atomic_save_can_truncate_when_tmpdir_is_another_file_system(t
         read_checkpoint(path)
 
 
-def tiny_fit(tmp_path: Path, hidden: tuple[int, ...] = (6, 4),
-             **data_kwargs) -> tuple[pl.Trainer, LSTMForecaster, GoldDataModule]:
-    pl.seed_everything(0)
-    data = GoldDataModule(**{"source": str(synthetic_csv(tmp_path)), "last_n_days": None, "window": 8,
-                             "batch_size": 16, **data_kwargs})
-    model = LSTMForecaster(n_features=data.n_features, hidden_sizes=hidden, dropout=0.0, horizon=data.horizon)
-    trainer = install(pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                                 default_root_dir=tmp_path, limit_train_batches=2, num_sanity_val_steps=0,
-                                 callbacks=[EpochCheckpoint(dirpath=tmp_path / "ck", save_last=True,
-                                                            monitor="val/loss")]))
-    return trainer, model, data
+@pytest.fixture(scope="module")
+def tiny_fit(tiny_forecaster, quiet_trainer):
+    """``tiny_fit(folder, hidden=(6, 4), **data) -> (trainer, model, data)``, not fitted yet: 2 batches an
+    epoch, ``EpochCheckpoint`` on val/loss with ``last.ckpt`` in ``folder/ck``."""
+
+    def tiny_fit(tmp_path: Path, hidden: tuple[int, ...] = (6, 4),
+                 **data_kwargs) -> tuple[pl.Trainer, LSTMForecaster, GoldDataModule]:
+        data, model = tiny_forecaster(tmp_path, hidden_sizes=hidden, **data_kwargs)
+        trainer = install(quiet_trainer(max_epochs=1, logger=False, default_root_dir=tmp_path, limit_train_batches=2,
+                                        callbacks=[EpochCheckpoint(dirpath=tmp_path / "ck", save_last=True,
+                                                                   monitor="val/loss")]))
+        return trainer, model, data
+
+    return tiny_fit
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, tiny_fit) -> Path:
     folder = tmp_path_factory.mktemp("mismatch")
     trainer, model, data = tiny_fit(folder)
     trainer.fit(model, datamodule=data)
@@ -115,14 +117,14 @@ def checkpoint(tmp_path_factory) -> Path:
     ({"features": ["price", "log_return:price", "volatility:price:5", "momentum:price:5", "momentum:price:20"]},
      r"features .* but this run has \[.*'momentum:price:20'\]"),
 ])
-def test_checkpoint_for_other_data_gives_one_clear_error(tmp_path, checkpoint, change, message):
+def test_checkpoint_for_other_data_gives_one_clear_error(tmp_path, checkpoint, change, message, tiny_fit):
     trainer, model, data = tiny_fit(tmp_path, **change)
     with pytest.raises(CheckpointError, match=message) as caught:
         trainer.fit(model, datamodule=data, ckpt_path=checkpoint, weights_only=True)
     assert "\n" not in str(caught.value) and isinstance(caught.value, ValueError)
 
 
-def test_checkpoint_for_other_layer_sizes_gives_one_clear_error(tmp_path, checkpoint):
+def test_checkpoint_for_other_layer_sizes_gives_one_clear_error(tmp_path, checkpoint, tiny_fit):
     trainer, model, data = tiny_fit(tmp_path, hidden=(6, 6))
     with pytest.raises(CheckpointError, match=r"model.hidden_sizes=\(6, 4\) but this run has model.hidden_sizes=\(6, 6\)"):
         trainer.fit(model, datamodule=data, ckpt_path=checkpoint, weights_only=True)
@@ -132,15 +134,15 @@ def test_weight_shape_check_is_the_last_line_of_defence(checkpoint):
     saved = torch.load(checkpoint, weights_only=True)
     saved.pop("GoldDataModule")
     saved["hyper_parameters"] = {}
-    model = LSTMForecaster(n_features=3, hidden_sizes=(6, 4), dropout=0.0)
-    from lstm_grad.training.checkpoints import check_compatible
+    model = LSTMForecaster(n_features=3, hidden_sizes=(6, 4), residual=True, init="orthogonal", dropout=0.0)
+    from lstm_grad.training.compat import check_compatible
 
     with pytest.raises(CheckpointError, match=r"weight 'model.lstm_0.weight_ih_l0' has shape \(24, 5\) but this "
                                               r"model's has \(24, 3\)"):
         check_compatible(saved, model)
 
 
-def test_checkpoints_load_with_weights_only_and_resume_exactly(tmp_path, checkpoint):
+def test_checkpoints_load_with_weights_only_and_resume_exactly(tmp_path, checkpoint, tiny_fit):
     saved = torch.load(checkpoint, weights_only=True)  # no pickled classes: loads under weights_only
     assert saved["callbacks"]["RngState"] == {"base_seed": 0}
     trainer, model, data = tiny_fit(tmp_path)
@@ -155,7 +157,7 @@ def test_data_module_refuses_other_settings_even_without_the_model(checkpoint):
         data.load_state_dict(torch.load(checkpoint, weights_only=True)["GoldDataModule"])
 
 
-def test_last_ckpt_is_written_every_epoch_even_without_improvement(tmp_path):
+def test_last_ckpt_is_written_every_epoch_even_without_improvement(tmp_path, tiny_fit):
     trainer, model, data = tiny_fit(tmp_path)
     model.hparams.lr = 0.0  # val/loss never improves after epoch 0
     trainer.fit_loop.max_epochs = 3

@@ -10,11 +10,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from test_reliability_resume import tiny_csv
-
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_write_one_run_and_one_checkpoint(tmp_path):
+def test_ddp_two_cpu_processes_write_one_run_and_one_checkpoint(tmp_path, tiny_csv):
     csv = tiny_csv(tmp_path)
     command = [sys.executable, "-m", "lstm_grad.cli", "fit", "--trainer.accelerator", "cpu",
                "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "1",

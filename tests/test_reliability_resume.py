@@ -9,7 +9,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -29,18 +28,11 @@ class Beacon(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.current_epoch == self.hold_epoch and batch_idx == 2:
-            Path(self.folder, "inside").write_text(f"{trainer.current_epoch} {trainer.global_step}")
+            # written whole, then renamed: the test polls for the name and must never read an empty file
+            Path(self.folder, "inside.tmp").write_text(f"{trainer.current_epoch} {trainer.global_step}")
+            Path(self.folder, "inside.tmp").replace(Path(self.folder, "inside"))
             time.sleep(300)
 '''
-
-
-def tiny_csv(folder: Path, rows: int = 240) -> Path:
-    generator = torch.Generator().manual_seed(3)
-    price = 100 + torch.cumsum(torch.randn(rows, generator=generator), 0)
-    path = folder / "gold.csv"
-    pd.DataFrame({"date": pd.bdate_range("2019-01-01", periods=rows).strftime("%Y-%m-%d"),
-                  "price": price.numpy().round(3)}).to_csv(path, index=False)
-    return path
 
 
 def fit_command(folder: Path, csv: Path, hold_epoch: int, *extra: str) -> list[str]:
@@ -76,7 +68,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_last_equals_uninterrupted_run(tmp_path):
+def test_sigkill_mid_epoch_then_resume_last_equals_uninterrupted_run(tmp_path, tiny_csv):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     for folder in (reference, killed):
         folder.mkdir()

@@ -1,19 +1,16 @@
-"""scripts/results_pages.py: README's results section is computed from the CSVs, not typed."""
+"""experiments.results_pages: the results tables are computed from the CSVs, not typed."""
 
 import csv
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 COMMIT = "a" * 40
 
 
 @pytest.fixture(scope="module")
 def pages():
-    sys.path.insert(0, str(SCRIPTS))
-    import results_pages
+    from experiments import results_pages
 
     return results_pages
 
@@ -69,3 +66,28 @@ def test_readme_section_is_computed_from_the_csvs(tmp_path, pages):
     text = readme.read_text()
     assert "old typed numbers" not in text and text.startswith("intro\n") and text.endswith(f"{pages.END}\nrest\n")
     assert section in text
+
+
+def test_readme_summary_is_the_default_forecasters_headline_rows(tmp_path, pages):
+    results = tmp_path / "results"
+    write(results / "runs.csv", [
+        run_row("persistence", 0, 1.0, 6.0, float("nan"), float("nan"), 0),
+        run_row("drift", 0, 1.01, 6.06, 0.5, 1.0, 0),
+        run_row("default", 0, 1.00, 6.00, 0.9, 0.1, 3),
+        run_row("default", 1, 1.02, 6.12, 0.02, -2.3, 7),
+    ])
+    fold = {"test_start": "2008-03-18", "test_end": "2012-12-31", "mae": 6.43036, "naive_mae": 6.43202,
+            "mase": 0.999742, "dm_p": 0.763789}
+    write(results / "backtest.csv", [{"fold": "1", **fold}, {"fold": "all", **fold}])
+    section = pages.summary_section(results)
+    assert len([line for line in section.splitlines() if line.startswith("|")]) <= 8
+    assert "| 1 | default | 2 | 6.06 ± 0.08 | 1.010 ± 0.014 | 0 worse, 1 better of 2 | 50.0 ± 0.0 |" in section
+    assert "| 1 | persistence | 1 | 6.00 | 1.000 | — | n/a |" in section
+    assert "drift" not in section and "| 1 | 1 |" not in section  # the rest stays on docs/results.md
+    assert "| 1 | all | 2008-03-18..2012-12-31 | 6.430 | 6.432 | 0.9997 | 0.764 |" in section
+    assert f"2 seeds, test span 2012, commit `{COMMIT[:7]}`" in section
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{pages.SUMMARY_BEGIN}\nold\n{pages.SUMMARY_END}\nrest\n")
+    pages.rewrite_readme(readme, section, pages.SUMMARY_BEGIN, pages.SUMMARY_END)
+    assert readme.read_text() == f"intro\n{pages.SUMMARY_BEGIN}\n{section}\n{pages.SUMMARY_END}\nrest\n"

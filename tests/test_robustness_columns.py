@@ -27,7 +27,7 @@ def multi_asset_csv(path, columns=("SPX", "GLD", "USO", "SLV", "EUR/USD"), rows=
 
 def set_up(path, caplog, words: str) -> tuple[GoldDataModule, list[str]]:
     """Set up the default data module on ``path``; return it and the log lines containing ``words``."""
-    data = GoldDataModule(source=str(path), last_n_days=None, window=5, split=(0.6, 0.2, 0.2))
+    data = GoldDataModule(source=str(path), last_n_days=None, window=5, price_levels=True, target_mode="level", split=(0.6, 0.2, 0.2))
     with caplog.at_level(logging.INFO, logger="lstm_grad.data"):
         data.setup("fit")
     return data, [r.getMessage() for r in caplog.records if words in r.getMessage()]
@@ -121,7 +121,7 @@ def test_default_derived_feature_of_a_non_positive_column_is_replaced(tmp_path, 
     path = tmp_path / "spread.csv"
     path.write_text("Date,Close,Basis\n" + "".join(
         f"{d:%Y-%m-%d},{1800 + i % 7},{(i % 5) - 2}\n" for i, d in enumerate(days)))
-    data = GoldDataModule(source=str(path), last_n_days=None, window=5)
+    data = GoldDataModule(source=str(path), last_n_days=None, window=5, price_levels=True)
     with caplog.at_level(logging.INFO, logger="lstm_grad.data"):
         data.setup("fit")
     assert data.feature_names == ["Close", "Basis", "log_return:Close", "volatility:Close:5", "volatility:Close:20"]
@@ -196,7 +196,7 @@ def test_metatrader4_defaults_train(tmp_path):
     path = tmp_path / "mt4.csv"
     path.write_text("<DTYYYYMMDD>,<TIME>,<OPEN>,<HIGH>,<LOW>,<CLOSE>,<VOL>\n" + "".join(
         f"{d:%Y%m%d},000000,{c - 1},{c + 3},{c - 4},{c},{100 + i % 9}\n" for i, (d, c) in enumerate(zip(days, closes))))
-    data = GoldDataModule(source=str(path), last_n_days=None, window=5)
+    data = GoldDataModule(source=str(path), last_n_days=None, window=5, price_levels=True)
     data.setup("fit")
     assert (data.target_name, data.date_column_name) == ("CLOSE", "DTYYYYMMDD")
     assert data.feature_names == ["OPEN", "HIGH", "LOW", "CLOSE", "VOL"]

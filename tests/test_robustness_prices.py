@@ -58,7 +58,9 @@ def test_inverse_transform_of_a_bf16_output_is_float64(tmp_path, target_mode):
     anchor = test.anchor.numpy()
     expected = level if target_mode == "level" else anchor[:, None] * np.exp(level)
     assert got.dtype == torch.float64
-    np.testing.assert_array_equal(got.numpy(), expected)
+    # float64 to the last bits: torch's and numpy's exp may differ by one ulp (vectorised vs scalar kernels;
+    # it did on this machine at 6d7deab), which exact equality turned into a machine-dependent failure
+    np.testing.assert_allclose(got.numpy(), expected, rtol=4 * np.finfo(np.float64).eps, atol=0)
 
 
 def test_forecast_metrics_stay_float64_when_the_module_is_cast():
@@ -99,7 +101,7 @@ def test_no_change_days_are_decided_on_raw_prices_for_baselines(tmp_path):
 def test_no_change_days_are_decided_on_raw_prices_for_the_model(tmp_path):
     data, prices = flat_module(tmp_path)
     pl.seed_everything(3)
-    model = LSTMForecaster(n_features=1, hidden_sizes=(4,), dropout=0.0, horizon=1)
+    model = LSTMForecaster(n_features=1, hidden_sizes=(4,), residual=True, init="orthogonal", dropout=0.0, horizon=1)
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, default_root_dir=tmp_path)
     trainer.test(model, datamodule=data, verbose=False)

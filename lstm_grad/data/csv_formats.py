@@ -42,7 +42,11 @@ def read_csv_table(path: str | os.PathLike, *, date_column: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; check data.source (a CSV path or 'embedded')")
-    text = _decode(path.read_bytes(), path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:  # no permission, a file that vanished, an I/O error
+        raise DataError(f"{path}: cannot read the file ({error.strerror or error}); check data.source") from None
+    text = _decode(raw, path)
     numbered = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
     if not numbered:
         raise DataError(f"{path}: file is empty; export the price history again")

@@ -22,7 +22,7 @@ from typing import Any
 
 from lstm_grad.diagnostics.groups import ParameterGroups, drop_shared_prefix, group_names, parameter_groups
 from lstm_grad.diagnostics.norms import GroupNorms, layer_grad_norms, measure, tag_scalars, total_grad_norm
-from lstm_grad.diagnostics.tracker import GradientHealthWarning, GradientTracker, StepResult
+from lstm_grad.diagnostics.tracker import GradientFinding, GradientHealthWarning, GradientTracker, StepResult
 from lstm_grad.diagnostics.timegrad import lag_value, probe_gradients, recurrent_layers, time_grad_profile, time_reach
 
 _LAZY = {  # these import lightning (and tensorboard): loaded only when asked for
@@ -32,7 +32,7 @@ _LAZY = {  # these import lightning (and tensorboard): loaded only when asked fo
     "RunReport": "lstm_grad.diagnostics.events",
 }
 
-__all__ = ["GradientHealthWarning", "GradientMonitor", "GradientTracker", "GroupNorms", "StepResult", "ParameterGroups", "RunReport",
+__all__ = ["GradientFinding", "GradientHealthWarning", "GradientMonitor", "GradientTracker", "GroupNorms", "StepResult", "ParameterGroups", "RunReport",
            "TimeGradientProbe", "drop_shared_prefix", "group_names", "lag_value", "layer_grad_norms", "measure",
            "parameter_groups", "probe_gradients", "read_run", "recurrent_layers", "tag_scalars", "time_grad_profile",
            "time_reach", "total_grad_norm"]

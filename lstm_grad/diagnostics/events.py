@@ -40,6 +40,8 @@ class RunReport:
     profiles: list[tuple[int, str, list[float]]] = field(default_factory=list)  # (step, label, time order)
     threshold: float = 1e-5
     source: str = "grad_norm"
+    scalars: dict[str, dict[int, float]] = field(default_factory=dict, repr=False)  # every scalar tag
+    texts: dict[str, list[tuple[int, str]]] = field(default_factory=dict, repr=False)  # every text tag
 
     def layers(self) -> list[str]:
         return [k for k in self.norms if k not in SUMMARY]
@@ -95,19 +97,28 @@ def find_event_dir(run_dir: str | Path) -> Path:
     return max(candidates, key=lambda p: max(f.stat().st_mtime for f in p.glob("events.out.tfevents.*")))
 
 
-def read_run(run_dir: str | Path, threshold: float = 1e-5) -> RunReport:
-    """Load one run's gradient scalars with TensorBoard's own ``EventAccumulator`` (all events kept)."""
+def load_events(run_dir: str | Path) -> tuple[Path, dict[str, dict[int, float]], dict[str, list[tuple[int, str]]]]:
+    """Load one run's event files with TensorBoard's own ``EventAccumulator`` (all events kept): the
+    folder read, every scalar tag as ``{step: value}`` (a resumed run's repeated step keeps the last
+    value) and every text tag as ``[(step, text), ...]``. The one reader of event files here."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folder = find_event_dir(run_dir)
     accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
     accumulator.Reload()
     tags = accumulator.Tags()
-    scalars = tags.get("scalars", [])
+    scalars = {tag: {e.step: e.value for e in accumulator.Scalars(tag)} for tag in tags.get("scalars", [])}
+    texts = {tag: [(e.step, e.tensor_proto.string_val[0].decode("utf-8", "replace")) for e in accumulator.Tensors(tag)]
+             for tag in tags.get("tensors", []) if tag.endswith("/text_summary")}  # add_text's tags
+    return folder, scalars, texts
+
+
+def read_run(run_dir: str | Path, threshold: float = 1e-5) -> RunReport:
+    """Load one run's gradient scalars (:func:`load_events`) into a :class:`RunReport`."""
+    folder, scalars, texts = load_events(run_dir)
 
     def series(tag: str) -> list[tuple[int, float]]:
-        by_step = {e.step: e.value for e in accumulator.Scalars(tag)}  # a resumed run may repeat a step
-        return sorted(by_step.items())
+        return sorted(scalars[tag].items())
 
     bad = {s for s, v in series("grad_health/nonfinite") if v > 0} if "grad_health/nonfinite" in scalars else set()
     report = RunReport(name=str(folder), threshold=threshold, nonfinite=len(bad))
@@ -127,11 +138,11 @@ def read_run(run_dir: str | Path, threshold: float = 1e-5) -> RunReport:
         report.clipped = [v for s, v in series("grad_health/clipped") if s not in bad]
     if "grad_time/reach" in scalars:
         report.reach = [v for _, v in series("grad_time/reach")]
-    text_tag = next((t for t in tags.get("tensors", []) if t.startswith("grad_time/profile_values")), None)
-    if text_tag:
-        for event in accumulator.Tensors(text_tag):
-            entry = json.loads(event.tensor_proto.string_val[0].decode())
-            report.profiles.append((event.step, entry["label"], [float(v) for v in entry["profile"]]))
+    text_tag = next((t for t in texts if t.startswith("grad_time/profile_values")), None)
+    for step, text in texts.get(text_tag, []) if text_tag else []:
+        entry = json.loads(text)
+        report.profiles.append((step, entry["label"], [float(v) for v in entry["profile"]]))
+    report.scalars, report.texts = scalars, texts
     return report
 
 

@@ -1,10 +1,11 @@
-"""Pictures of the gradient through time: one profile, and the epoch x lag heat map (matplotlib, Agg)."""
+"""Pictures of gradients: one time profile, the epoch x lag heat map, every group's norm over steps
+(matplotlib, Agg)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -46,12 +47,30 @@ def _log_grid(rows: Sequence[Sequence[float]]) -> tuple[Tensor, float, float]:
     return grid, low, max(high, low * 10)
 
 
-def draw_heatmap(axis: Any, labels: Sequence[str], rows: Sequence[Sequence[float]], title: str) -> Any:
+def log_range(grids: Iterable[Sequence[Sequence[float]]]) -> tuple[float, float]:
+    """Return one log colour scale ``(vmin, vmax)`` for several heat maps: the smallest positive value
+    and the largest over all of them (at least 10x apart), so side-by-side maps compare by colour.
+
+    >>> log_range([[[1e-6, 1e-2]], [[0.0, 1e-4], [3e-1, 2e-3]]])
+    (1e-06, 0.3)
+    """
+    values = [float(v) for rows in grids for row in rows for v in row]
+    positive = [v for v in values if v > 0 and math.isfinite(v)]
+    low = min(positive, default=1e-30)
+    high = max(positive, default=1.0)
+    return low, max(high, low * 10)
+
+
+def draw_heatmap(axis: Any, labels: Sequence[str], rows: Sequence[Sequence[float]], title: str,
+                 vmin: Optional[float] = None, vmax: Optional[float] = None) -> Any:
     """Draw probes (rows, oldest on top) x lag (columns, lag 1 at the left) of ‖∂L/∂x_t‖ on ``axis``,
-    log colour scale; ``rows`` are time-ordered profiles (last element = lag 1). Returns the image."""
+    log colour scale; ``rows`` are time-ordered profiles (last element = lag 1). ``vmin`` / ``vmax``
+    fix the colour scale's ends (:func:`log_range` over several maps); by default this map's own
+    smallest positive and largest values. Returns the image."""
     from matplotlib.colors import LogNorm
 
     grid, low, high = _log_grid(rows)
+    low, high = vmin if vmin is not None else low, vmax if vmax is not None else high
     image = axis.imshow(grid.clamp_min(low).numpy(), aspect="auto", interpolation="nearest", cmap="viridis",
                         norm=LogNorm(vmin=low, vmax=high),
                         extent=(0.5, grid.shape[1] + 0.5, len(rows) - 0.5, -0.5))
@@ -61,6 +80,48 @@ def draw_heatmap(axis: Any, labels: Sequence[str], rows: Sequence[Sequence[float
     axis.set_ylabel("probe")
     axis.set_title(title)
     return image
+
+
+def group_colours(names: Sequence[str]) -> dict[str, Any]:
+    """Give every group its own colour, in the order given: tab10 up to 10 groups, tab20 up to 20, then
+    evenly spaced along turbo (the default colour cycle repeats after 10, so ``layers.0`` and
+    ``layers.10`` would look alike)."""
+    from matplotlib import colormaps
+
+    n = len(names)
+    if n <= 20:
+        table = colormaps["tab10" if n <= 10 else "tab20"]
+        return {name: table(i) for i, name in enumerate(names)}
+    return {name: colormaps["turbo"](i / (n - 1)) for i, name in enumerate(names)}
+
+
+def draw_norms(axis: Any, norms: Mapping[str, Sequence[tuple[int, float]]], order: Sequence[str], *,
+               emphasis: Optional[Mapping[str, str]] = None, marks: Sequence[tuple[int, str, str]] = (),
+               threshold: Optional[float] = None) -> None:
+    """Draw every group's gradient norm over steps (log scale) on ``axis``, the legend in ``order``
+    (the model's): ``total`` dashed black, ``total_clipped`` left out, the groups in ``emphasis``
+    thicker with its note in their label, a vertical line per ``marks`` entry ``(step, label, colour)``
+    and the vanishing ``threshold`` as a dotted line."""
+    emphasis = emphasis or {}
+    groups = [g for g in order if g in norms and g not in ("total", "total_clipped")]
+    colours = group_colours(groups)
+    for name in [*groups, *(["total"] if "total" in norms else [])]:
+        steps, values = zip(*norms[name]) if norms[name] else ((), ())
+        style = {"color": "black", "linestyle": "--", "linewidth": 1.0} if name == "total" else \
+            {"color": colours[name], "linewidth": 2.6 if name in emphasis else 1.0}
+        label = f"{name} ({emphasis[name]})" if name in emphasis else name
+        axis.semilogy(steps, [max(v, 1e-30) for v in values], label=label, **style)
+    for step, label, colour in marks:
+        axis.axvline(step, color=colour, linestyle="-.", linewidth=1.2, label=label)
+    if threshold is not None:
+        axis.axhline(threshold, color="grey", linewidth=0.6, linestyle=":", label=f"vanishing threshold {threshold:g}")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("gradient L2 norm")
+    entries = len(groups) + len(marks) + 2
+    if entries > 10:  # beside the plot, so the lines stay visible
+        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + entries // 24)
+    else:
+        axis.legend(fontsize=7, loc="best")
 
 
 def heatmap_figure(labels: Sequence[str], rows: Sequence[Sequence[float]], title: str = "") -> Any:

@@ -1,38 +1,22 @@
-"""``GradientMonitor``: true per-layer gradient norms, clip statistics and alarms for ANY LightningModule.
+"""``GradientMonitor``: true per-layer gradient norms, clip statistics, alarms and findings for ANY LightningModule.
 
-A thin Lightning adapter over :class:`~lstm_grad.diagnostics.tracker.GradientTracker`, the one
-pipeline (our forecaster uses it too: ``LSTMForecaster.configure_callbacks``). It works under
-``lightning.pytorch`` and ``pytorch_lightning`` alike (darts, neuralforecast): it reads only the
-trainer's public state and duck-types the module, never ``isinstance`` against one namespace.
-
-Where the numbers come from (read in the installed lightning 2.6.6):
-``lightning/pytorch/plugins/precision/precision.py`` ``_after_closure`` calls the callbacks'
-``on_before_optimizer_step``, the module's, then ``_clip_gradients`` -> the module's
-``configure_gradient_clipping`` (looked up with ``getattr`` on the instance in
-``lightning/pytorch/trainer/call.py`` ``_call_lightning_module_hook``; skipped under manual
-optimization), then the optimizer steps. Under a GradScaler ``plugins/precision/amp.py``
-``optimizer_step`` unscales *before* that (unless the optimizer unscales itself, e.g. fused Adam). So
-``on_before_optimizer_step`` sees the optimizer step's gradient: unscaled, summed over
-``accumulate_grad_batches``, after DDP's all-reduce, before Lightning's clipping. That is where the
-norms are measured (queued, no host sync). For the post-clip total the monitor wraps the module's
-``configure_gradient_clipping`` for the length of ``fit``. Under manual optimization the user clips
-with ``self.clip_gradients(opt, ...)`` *before* ``opt.step()``: the monitor wraps that method too, so
-the pre-clip norms are taken before the user's clipping; a user who clips some other way gets the
-norms of the gradient the optimizer receives, after that clipping, and no ``total_clipped``.
-
-Tags are written at the step ``self.log`` writes to (``fit_loop.epoch_loop._batches_that_stepped``,
-``trainer/connectors/logger_connector/logger_connector.py`` ``log_metrics``), on the steps Lightning
-writes logs (``should_update_logs``): once per batch, whatever the number of optimizers. With several
-optimizers every tag carries the optimizer's index: ``grad_norm/opt1/<group>``.
-
-A failure inside the monitor (a model it cannot measure) is one warning, and the monitor turns
-itself off; only the non-finite guard stops a run, deliberately.
+A thin Lightning adapter (``lightning.pytorch`` and ``pytorch_lightning`` alike: darts, neuralforecast)
+over :class:`~lstm_grad.diagnostics.tracker.GradientTracker`, the one pipeline; our forecaster uses it
+too (``LSTMForecaster.configure_callbacks``). Where the numbers come from, read in lightning 2.6.6:
+``plugins/precision/precision.py`` ``_after_closure`` calls ``on_before_optimizer_step`` (callbacks,
+then the module), then ``_clip_gradients`` -> the module's ``configure_gradient_clipping`` (skipped
+under manual optimization), then the optimizer steps; ``plugins/precision/amp.py`` unscales before that
+(unless the optimizer unscales itself). So ``on_before_optimizer_step`` sees the step's gradient:
+unscaled, accumulated, all-reduced, before clipping. The post-clip total comes from wrapping the
+clipping methods (:mod:`lstm_grad.diagnostics.clip_hooks`; under manual optimization the user's
+``self.clip_gradients`` is wrapped, so pre-clip is before it). Tags go to ``self.log``'s step
+(``trainer_state.log_step``) on Lightning's logging steps; several optimizers: ``grad_norm/opt<i>/...``.
+A failure of the monitor's own is one warning and it turns itself off; only the non-finite guard stops a run.
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -41,29 +25,18 @@ from typing import Any, Optional, Union
 import torch
 
 from lstm_grad.diagnostics.health import GradientHealth
-from lstm_grad.diagnostics.tracker import GradientHealthWarning, GradientTracker, StepResult
-from lstm_grad.diagnostics.trainer_state import (Callback, active_scaler, log_step, logger_writes, overrides,
-                                                  raw_optimizer, unscale_factor)
+from lstm_grad.diagnostics.live_doctor import LiveDoctor
+from lstm_grad.diagnostics.check_budget import CheckBudget
+from lstm_grad.diagnostics.clip_hooks import install_clip_hooks, uninstall_clip_hooks
+from lstm_grad.diagnostics.views import custom_scalars_layout, log_histograms
+from lstm_grad.diagnostics.tracker import GradientFinding, GradientHealthWarning, GradientTracker, StepResult
+from lstm_grad.diagnostics.trainer_state import (Callback, active_scaler, log_step, logger_writes, raw_optimizer,
+                                                  unscale_factor)
 
 LOG = logging.getLogger(__name__)
 
 __all__ = ["GradientHealthWarning", "GradientMonitor", "custom_scalars_layout"]
 
-AUTO_SAMPLES = 5  # unlogged steps timed before the automatic per-step check is kept or dropped
-AUTO_BUDGET = 0.005  # the per-step check may cost this share of a step
-_WRAPPED = "_gradient_monitor_original"  # instance attributes set on the module during fit
-_MONITORS = "_gradient_monitors"
-
-
-def custom_scalars_layout() -> dict[str, dict[str, list]]:
-    """TensorBoard custom-scalars layout: every group's ``grad_norm/*`` in one chart, ``grad_act/*``
-    in another, the lags of ``grad_time/*`` in a third, ``grad_health/*`` in a fourth."""
-    return {"gradients": {
-        "grad_norm per layer (true L2 of .grad)": ["Multiline", [r"grad_norm/.*"]],
-        "grad_act per layer output (|dL/dh|, probe batch)": ["Multiline", [r"grad_act/.*"]],
-        "gradient through time (|dL/dx_t| by lag)": ["Multiline", [r"grad_time/lag_.*"]],
-        "health": ["Multiline", [r"grad_health/.*"]],
-    }}
 
 
 class GradientMonitor(Callback):
@@ -119,7 +92,10 @@ class GradientMonitor(Callback):
         self._trainer: Any = None
         self._user_clipped: Optional[int] = None  # id of the optimizer the user's clip_gradients measured
         self._histogram_epoch = -1
-        self._auto, self._last_batch_start, self._step_seconds = False, None, []
+        self.budget: Optional[CheckBudget] = None  # open while the automatic per-step check is being decided
+        self.doctor = LiveDoctor(self._tell)
+        self._batch: Optional[tuple[Any, int]] = None
+        self._replay: Optional[int] = None  # a non-finite step whose origin is still to be found
 
     # ---- what tests and users read -------------------------------------------------------------------
     @property
@@ -149,6 +125,10 @@ class GradientMonitor(Callback):
         if self._trainer is None or self._trainer.is_global_zero:
             warnings.warn(message, GradientHealthWarning, stacklevel=2)
 
+    def _tell(self, message: str) -> None:
+        if self._trainer is None or self._trainer.is_global_zero:
+            warnings.warn(message, GradientFinding, stacklevel=2)
+
     def _step_aside(self, where: str, error: BaseException) -> None:
         """Turn the monitor off after a failure of its own, with one warning; training goes on."""
         self.off = True
@@ -172,15 +152,17 @@ class GradientMonitor(Callback):
                     experiment.add_custom_scalars(custom_scalars_layout())
         except Exception as error:  # a logger without custom scalars: the tags are still written
             LOG.debug("custom scalars layout not written: %s", error)
-        self._auto = self.check_every_step is None
-        if self._auto:
+        if self.check_every_step is None:
             device = next(pl_module.parameters()).device.type
             self.check_every_step = device == "cpu"
-            self._auto = self.check_every_step  # a CPU run decides by the measured cost
+            self.budget = CheckBudget() if self.check_every_step else None  # a CPU run decides by the cost
             if not self.check_every_step and trainer.is_global_zero:
                 LOG.info("GradientMonitor: finiteness checked on logged steps only (parameters on %s, where a "
                          "per-step check is a host sync; set check_every_step to choose)", device)
         self._set_check(bool(self.check_every_step))
+        self.doctor.clip_value = float(trainer.gradient_clip_val) if trainer.gradient_clip_val else None
+        data = getattr(trainer, "datamodule", None)
+        self.doctor.hparams = {**dict(getattr(data, "hparams", {}) or {}), **dict(getattr(pl_module, "hparams", {}) or {})}
         self._install(pl_module)
 
     def _set_check(self, on: bool) -> None:
@@ -189,61 +171,59 @@ class GradientMonitor(Callback):
             tracker.check_every_step = on
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        """While the automatic choice is open, time the steps; decide once enough checks were timed."""
-        if not getattr(self, "_auto", False) or self.off:
+        """Keep a reference to the batch (for a non-finite step's replay); while the automatic choice of
+        the per-step check is open, time the steps and decide once enough checks were timed."""
+        self._batch = (batch, batch_idx)
+        if self.budget is None or self.off:
             return
-        now = time.perf_counter()
-        if getattr(self, "_last_batch_start", None) is not None:
-            self._step_seconds.append(now - self._last_batch_start)
-        self._last_batch_start = now
-        checks = self.tracker.check_seconds
-        if len(checks) < AUTO_SAMPLES or len(self._step_seconds) < AUTO_SAMPLES:
+        keep = self.budget.decide(time.perf_counter(), self.tracker.check_seconds)
+        if keep is not None:
+            self._set_check(keep)
+            if trainer.is_global_zero:
+                LOG.info("GradientMonitor: finiteness checked on %s", self.budget.note)
+            self.budget = None
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Write ``grad_update/<group>`` (‖Δw‖ / ‖w‖) of this batch's logged optimizer steps."""
+        if self.off:
             return
-        self._auto = False
-        check, step = statistics.median(checks), statistics.median(self._step_seconds)
-        keep = check <= AUTO_BUDGET * step
-        self._set_check(keep)
-        if trainer.is_global_zero:
-            LOG.info("GradientMonitor: finiteness checked on %s: the per-step check costs %.2f ms of a %.1f ms step "
-                     "(%.2f %%, budget %.1f %%; set check_every_step to choose)",
-                     "every optimizer step" if keep else "logged steps only", 1e3 * check, 1e3 * step,
-                     100 * check / step, 100 * AUTO_BUDGET)
+        try:
+            if self._replay is not None:
+                self._replay_origin(trainer, pl_module)
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if self.tracker.last_step == log_step(trainer) and isinstance(loss, torch.Tensor) and loss.numel() == 1:
+                self.doctor.loss[self.tracker.last_step] = float(loss)  # logged steps only: they sync anyway
+            for index, tracker in ((0, self.tracker), *self.extra_trackers.items()):
+                tags = tracker.update_tags()
+                if tags:
+                    prefix = f"opt{index}/" if self.extra_trackers else ""
+                    tags = {_prefixed(k, prefix): v for k, v in tags.items()} if prefix else tags
+                    for logger in trainer.loggers:
+                        logger.log_metrics(tags, step=tracker.last_update[0])
+        except Exception as error:
+            self._step_aside("measuring the update ratio", error)
+
+    # ---- the doctor ---------------------------------------------------------------------------------
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self.off:
+            self._examine(trainer, final=False)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self.off:
+            self._examine(trainer, final=True)
+            self.doctor.write_texts(trainer, self.tracker, log_step(trainer))
+
+    def _examine(self, trainer: Any, final: bool) -> None:
+        try:
+            self.doctor.examine(trainer, self.tracker, log_step(trainer), final)
+        except Exception as error:
+            self._step_aside("diagnosing", error)
 
     def _install(self, pl_module: Any) -> None:
-        """Wrap the module's ``configure_gradient_clipping`` (automatic optimization) and
-        ``clip_gradients`` (manual) on the instance, once for every monitor on it."""
-        monitors = pl_module.__dict__.setdefault(_MONITORS, [])
-        if self not in monitors:
-            monitors.append(self)
-        if _WRAPPED in pl_module.__dict__:
-            return
-        clip_hook, clip_call = pl_module.configure_gradient_clipping, pl_module.clip_gradients
-        own_clipping = overrides(pl_module, "configure_gradient_clipping")
-
-        def configure_gradient_clipping(optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None,
-                                        gradient_clip_algorithm: Any = None) -> None:
-            clip_hook(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
-            for monitor in list(pl_module.__dict__.get(_MONITORS, [])):
-                monitor._after_clip(pl_module, optimizer, bool(gradient_clip_val) or own_clipping)
-
-        def clip_gradients(optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
-            manual = not pl_module.automatic_optimization
-            for monitor in list(pl_module.__dict__.get(_MONITORS, [])) if manual else []:
-                monitor._before_clip(pl_module, raw_optimizer(optimizer), by_user=True)
-            clip_call(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
-
-        pl_module.__dict__[_WRAPPED] = (clip_hook, clip_call)
-        pl_module.configure_gradient_clipping = configure_gradient_clipping
-        pl_module.clip_gradients = clip_gradients
+        install_clip_hooks(pl_module, self)
 
     def _uninstall(self, pl_module: Any) -> None:
-        monitors = pl_module.__dict__.get(_MONITORS, [])
-        if self in monitors:
-            monitors.remove(self)
-        if not monitors and pl_module.__dict__.pop(_WRAPPED, None) is not None:
-            del pl_module.configure_gradient_clipping
-            del pl_module.clip_gradients
-            pl_module.__dict__.pop(_MONITORS, None)
+        uninstall_clip_hooks(pl_module, self)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._uninstall(pl_module)
@@ -303,12 +283,21 @@ class GradientMonitor(Callback):
         except Exception as error:
             self._step_aside("after clipping", error)
 
+    def _replay_origin(self, trainer: Any, pl_module: Any) -> None:
+        """Name where a non-finite gradient was born (:meth:`LiveDoctor.replay_origin`): the update was
+        skipped, so the weights are still the ones that made it."""
+        event, self._replay = self.tracker.nonfinite_events[-1], None
+        if pl_module.automatic_optimization and self._batch is not None:
+            self.doctor.replay_origin(pl_module, *self._batch, event)
+
     def _publish(self, trainer: Any, result: StepResult, prefix: str) -> None:
         """Write the tags at ``self.log``'s step (loggers write on rank 0 only; every rank holds the same
         all-reduced norms). ``self.log`` would re-write a key's last value on a later logged step that
         does not log it (a non-finite step): a stale point."""
         if result.stop:
             trainer.should_stop = True
+        if result.nonfinite and self._replay is None and "origin" not in self.tracker.nonfinite_events[-1]:
+            self._replay = result.step  # after the batch, where training_step may be called again
         if not result.tags:
             return
         tags = {_prefixed(k, prefix): v for k, v in result.tags.items()} if prefix else result.tags
@@ -322,16 +311,7 @@ class GradientMonitor(Callback):
         if not every or epoch % every or epoch == self._histogram_epoch or not trainer.is_global_zero:
             return
         self._histogram_epoch = epoch
-        groups = self.tracker.groups
-        grouped: dict[str, list[torch.Tensor]] = {}
-        for _, param, index in groups.members:
-            if param.grad is not None and not param.grad.is_sparse:
-                grouped.setdefault(groups.names[index], []).append(param.grad.detach().flatten().float())
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_histogram"):
-                for group, grads in grouped.items():
-                    experiment.add_histogram(f"grad_hist/{group}", torch.cat(grads).cpu(), trainer.global_step)
+        log_histograms(trainer.loggers, self.tracker.groups, trainer.global_step)
 
     # ---- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

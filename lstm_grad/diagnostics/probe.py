@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lstm_grad.diagnostics.gates import gate_saturation
 from lstm_grad.diagnostics.figures import heatmap_figure, heatmap_image, profile_figure
 from lstm_grad.diagnostics.timegrad import lag_value, probe_gradients, time_reach
 from lstm_grad.diagnostics.trainer_state import Callback, overrides
@@ -59,13 +60,17 @@ class TimeGradientProbe(Callback):
             default every ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (shared prefix dropped, as the groups).
         split_batch: turns one of the loader's batches into ``(x, y)``: x the model's (B, T, F) input, y
             what ``loss_fn`` takes; default: a batch is ``(x, y, ...)``.
+        gates: also log ``gate_sat/<layer>/<gate>`` for every ``nn.LSTM`` / ``nn.GRU`` layer: the share of
+            gate values saturated (below 0.05 or above 0.95), and ``..._closed`` / ``..._open`` for the
+            forget / input / update gates, recomputed on the probe batch
+            (:func:`lstm_grad.diagnostics.gates.gate_saturation`).
     """
 
     def __init__(self, every_n_epochs: int = 1, probe_size: int = 8, lags: Sequence[int] = (1, 10, 30, 60),
                  fraction: float = 0.01, log_figure: bool = False, probe_batch: Any = None,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
                  layers: Sequence[str] | None = None,
-                 split_batch: Callable[[Any], tuple[Tensor, Tensor]] | None = None) -> None:
+                 split_batch: Callable[[Any], tuple[Tensor, Tensor]] | None = None, gates: bool = True) -> None:
         if every_n_epochs < 0 or probe_size < 1 or not 0 < fraction < 1 or min(lags, default=1) < 1:
             raise ValueError(f"need every_n_epochs >= 0, probe_size >= 1, 0 < fraction < 1 and lags >= 1; got "
                              f"{every_n_epochs}, {probe_size}, {fraction}, {list(lags)}")
@@ -82,6 +87,8 @@ class TimeGradientProbe(Callback):
         self.history: list[dict[str, Any]] = []  # {"label", "step", "profile" (time order)} per probe
         self.split_batch = split_batch
         self.off = False  # set when the probe cannot run on this model
+        self.gates = gates
+        self.gate_history: dict[str, dict[int, float]] = {}  # "<layer>/<gate>" -> {step: share}
 
     @property
     def state_key(self) -> str:
@@ -168,6 +175,9 @@ class TimeGradientProbe(Callback):
         scalars = {k: v for k, v in scalars.items() if v is not None}
         scalars["grad_time/reach"] = float(time_reach(profile_list, self.fraction))
         scalars.update({f"grad_act/{name}": v for name, v in zip(acts, act_values)})
+        for key, share in (self._gate_shares(pl_module, x) if self.gates else {}).items():
+            scalars[f"gate_sat/{key}"] = share
+            self.gate_history.setdefault(key, {})[trainer.global_step] = share
         self.last, self.last_step = scalars, trainer.global_step
         self.history.append({"label": label or f"step {trainer.global_step}", "step": trainer.global_step,
                              "profile": profile_list})
@@ -178,6 +188,16 @@ class TimeGradientProbe(Callback):
                 experiment.add_text(PROFILE_TAG, json.dumps({"label": self.history[-1]["label"],
                                                              "profile": profile_list}), trainer.global_step)
         return scalars
+
+    def _gate_shares(self, module: Any, x: Tensor) -> dict[str, float]:
+        """Gate saturation on the probe batch; a model whose recurrent layers cannot be recomputed (a
+        subclass with its own forward, packed input) loses this signal alone, with one warning."""
+        try:
+            return gate_saturation(module, x)
+        except ValueError as error:
+            self.gates = False
+            warnings.warn(f"TimeGradientProbe: gate saturation turned off ({error})", GradientHealthWarning, stacklevel=2)
+            return {}
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self.every_n_epochs and trainer.is_global_zero and not self.history:
@@ -207,7 +227,8 @@ class TimeGradientProbe(Callback):
 
     # ---- state: the heat map continues across a resume ----------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(h) for h in self.history]}
+        return {"history": [dict(h) for h in self.history], "gate_history": dict(self.gate_history)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(h) for h in state_dict.get("history", [])]
+        self.gate_history = {k: dict(v) for k, v in state_dict.get("gate_history", {}).items()}

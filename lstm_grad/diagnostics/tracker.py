@@ -13,6 +13,8 @@ hand-written loop or Lightning Fabric drives it with two calls per optimizer ste
     if result.stop:
         break
     optimizer.step()
+    for tag, value in tracker.update_tags().items():   # optional: ‖Δw‖/‖w‖ of a logged step
+        writer.add_scalar(tag, value, step)
 
 What is measured is the gradient of the parameters the stepping ``optimizer`` holds (another
 optimizer's stale ``.grad`` never counts), so ``grad_norm/total`` is the total that
@@ -30,6 +32,7 @@ import logging
 import math
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -40,15 +43,22 @@ from torch import nn
 from lstm_grad.diagnostics.groups import ParameterGroups, parameter_groups
 from lstm_grad.diagnostics.health import GradientHealth
 from lstm_grad.diagnostics.norms import STATS, GroupNorms, fused_norms, measure, tag_scalars, total_grad_norm, was_clipped
+from lstm_grad.diagnostics.update_ratio import UpdateRatio
 
 LOG = logging.getLogger("lstm_grad.diagnostics")
 
 NONFINITE_POLICIES = ("stop", "skip", "raise")
+FORENSICS_STEPS = 32  # logged steps of per-group values kept for a spike's or a non-finite step's record
 OVERFLOW_LIMIT = 25  # consecutive GradScaler overflows before a run is called non-finite
 
 
 class GradientHealthWarning(UserWarning):
     """A gradient vanished, exploded or became non-finite (filter with ``warnings`` by this class)."""
+
+
+class GradientFinding(UserWarning):
+    """A diagnosis of the doctor (:mod:`lstm_grad.diagnostics.doctor`): what, where, evidence, fix.
+    Apart from :class:`GradientHealthWarning` (the live alarms) so either can be filtered alone."""
 
 
 def _warn(message: str) -> None:
@@ -72,6 +82,7 @@ class _Pending:
     step: int
     log: bool
     key: int  # id of the stepping optimizer
+    optimizer: Optional[torch.optim.Optimizer]
     measured: Optional[GroupNorms]  # None: a finite unlogged step, nothing left to do
     groups: ParameterGroups
     scaler_active: bool
@@ -114,6 +125,14 @@ class GradientTracker:
         self.nonfinite: dict[str, Any] | None = None  # step, groups, parameter of the first non-finite gradient
         self.last_step, self.last_norms = -1, {}  # the last logged step's norms (+ "total_clipped")
         self.check_seconds: list[float] = []  # wall time of the per-step finiteness checks so far
+        self.update = UpdateRatio()
+        self.last_update: tuple[int, dict[str, float]] = (-1, {})
+        # every logged step's values, for the doctor (floats already read: no extra host sync)
+        self.norm_series: dict[str, dict[int, float]] = {}
+        self.clipped_series: dict[int, float] = {}
+        self.update_series: dict[str, dict[int, float]] = {}
+        self.nonfinite_events: list[dict[str, Any]] = []
+        self.recent: deque[dict[str, Any]] = deque(maxlen=FORENSICS_STEPS)  # spike forensics
         self._pending: _Pending | None = None
         if module is not None:
             self.attach(module)
@@ -174,10 +193,10 @@ class GradientTracker:
             self._pending = None
             return
         if not log and self._timed_quick_check(groups):
-            self._pending = _Pending(step, False, key, None, groups, scaler_active, epoch)
+            self._pending = _Pending(step, False, key, optimizer, None, groups, scaler_active, epoch)
             return
         with_max = log and "max" in self.stats
-        self._pending = _Pending(step, log, key, measure(groups, scale, with_max), groups, scaler_active, epoch)
+        self._pending = _Pending(step, log, key, optimizer, measure(groups, scale, with_max), groups, scaler_active, epoch)
 
     def after_clip(self, clip_may_act: bool = True) -> StepResult:
         """Finish the step queued by :meth:`before_clip`, after any clipping: measure the post-clip
@@ -210,10 +229,25 @@ class GradientTracker:
         tags.update({f"grad_max/{k}": v for k, v in maxima.items() if k in norms})
         tags["grad_health/clip_rate"] = self.health.clip_rate(was_clipped(norms["total"], after))
         self.last_step, self.last_norms = pending.step, {**norms, "total_clipped": after}
+        for group, value in self.last_norms.items():
+            self.norm_series.setdefault(group, {})[pending.step] = value
+        self.clipped_series[pending.step] = tags["grad_health/clipped"]
+        self.recent.append({"step": pending.step, "norms": self.last_norms, "maxima": maxima})
         for message in self.health.update(pending.step, norms, present):
             self.warn(message)
         self._report_missing()
+        if pending.optimizer is not None:
+            self.update.before_step(pending.optimizer, pending.groups, pending.step)
         return StepResult(pending.step, tags)
+
+    def update_tags(self) -> dict[str, float]:
+        """After ``optimizer.step()`` of a logged step: ``{"grad_update/<group>": ‖Δw‖ / ‖w‖}`` over that
+        step (:mod:`lstm_grad.diagnostics.update_ratio`); empty when the step did not update."""
+        step, ratios = self.update.take()
+        self.last_update = (step, ratios)
+        for group, value in ratios.items():
+            self.update_series.setdefault(group, {})[step] = value
+        return {f"grad_update/{group}": value for group, value in ratios.items()}
 
     # ---- checks ----------------------------------------------------------------------------------------
     def _timed_quick_check(self, groups: ParameterGroups) -> bool:
@@ -234,13 +268,22 @@ class GradientTracker:
             return False
         return math.isfinite(float(fused_norms(grads).sum()))
 
+    def missing_groups(self) -> list[str]:
+        """The groups a stepping optimizer holds that no logged step gave a gradient, once every optimizer
+        seen has had ``patience`` logged steps (empty before)."""
+        if not self._logged_by_optimizer or min(self._logged_by_optimizer.values()) < self.health.patience:
+            return []
+        held = ({self.groups.names[i] for _, subset in self._by_optimizer.values() for _, _, i in subset.members}
+                if self._by_optimizer else set(self.groups.names))
+        return [g for g in self.groups.names if g in held and g not in self._with_gradient]
+
     def _report_missing(self) -> None:
-        """Once every optimizer seen has had ``patience`` logged steps, name the groups no step gave a
-        gradient (once)."""
-        if self._missing_reported or min(self._logged_by_optimizer.values()) < self.health.patience:
+        """Name, once, the groups :meth:`missing_groups` finds."""
+        missing = self.missing_groups()
+        if self._missing_reported or not self._logged_by_optimizer or \
+                min(self._logged_by_optimizer.values()) < self.health.patience:
             return
         self._missing_reported = True
-        missing = [g for g in self.groups.names if g not in self._with_gradient]
         if missing:
             LOG.info("GradientMonitor: no gradient reached %s in %d logged steps: not used in forward, frozen, or "
                      "in no optimizer; not logged (not 'vanishing') until one arrives",
@@ -269,6 +312,8 @@ class GradientTracker:
         self.skipped_steps += 1
         if self.nonfinite is None:
             self.nonfinite = {"step": step, "groups": layers, "parameter": parameters[0] if parameters else None}
+        self.nonfinite_events.append({"step": step, "groups": layers, "parameter": parameters[0] if parameters else None})
+        self.recent.append({"step": step, "norms": norms, "nonfinite": True})
         if self.on_nonfinite == "raise":
             raise FloatingPointError(message)
         if self.on_nonfinite == "stop" or self.skipped_steps == 1:

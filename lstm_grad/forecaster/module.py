@@ -108,7 +108,7 @@ class LSTMForecaster(pl.LightningModule):
         Lightning's ``self.log`` costs ~0.1-0.3 ms of Python per call (``_ResultCollection.log`` calls
         ``_ResultMetric.to``, which runs ``apply_to_collection`` and deep-copies the metadata dataclass:
         ``lightning/pytorch/trainer/connectors/logger_connector/result.py``); once per step it was the
-        largest per-step cost Lightning added over a plain loop (``scripts/bench.py``, item 1).
+        largest per-step cost Lightning added over a plain loop (``python -m benchmarks.bench``, item 1).
         """
         weighted = loss.detach() * batch_size
         self._train_loss_sum = weighted if self._train_loss_sum is None else self._train_loss_sum + weighted

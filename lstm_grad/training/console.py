@@ -10,7 +10,9 @@ that the user can do nothing about. :class:`Console` routes all of it through on
   and checked), so that a bad input's stderr is only the one ``error:`` line: held records are
   discarded on a bad-input error and written on success or on a bug (with its traceback).
 
-``verbose=True`` (``--verbose``) keeps everything and holds nothing back.
+``verbose=True`` (``--verbose``) keeps everything and holds nothing back. :class:`QuietRuns` keeps
+the many training runs of one command (backtest folds, tune trials) to warnings, in a worker process
+too (where no Console routes anything). This module is the one place that quiets Lightning.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import logging
 import re
 import sys
 import warnings
+from types import TracebackType
 from typing import Any
 
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
@@ -27,6 +30,10 @@ _CHATTER = re.compile(
     r"|set_float32_matmul_precision|LeafSpec|does not have many workers"
     r"|args parameter is intended to run from within Python"
 )
+# warning filters (matched at the message's start): the same chatter, for processes without a Console
+WARNING_CHATTER = r".*(does not have many workers|LeafSpec|args parameter is intended to run from within Python)"
+# the commands hand LightningCLI their command line as ``args`` on purpose (to take --debug out of it)
+ARGS_WARNING = ".*args parameter is intended to run from within Python"
 _active: Console | None = None
 
 
@@ -71,7 +78,7 @@ class Console:
         self.verbose = verbose
         self._saved: dict[str, tuple[list[logging.Handler], bool]] = {}
         self._root_handlers: list[logging.Handler] = []
-        self._showwarning: Any = None
+        self._warnings: warnings.catch_warnings | None = None  # saves and restores filters and showwarning
         self._handler: _Held | None = None
 
     def install(self) -> Console:
@@ -88,7 +95,9 @@ class Console:
             logger = logging.getLogger(name)
             self._saved[name] = (list(logger.handlers), logger.propagate)
             logger.handlers, logger.propagate = [], True
-        self._showwarning = warnings.showwarning
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", message=ARGS_WARNING)  # ours, even with --verbose
         warnings.showwarning = self._show_warning
         _active = self
         return self
@@ -122,6 +131,51 @@ class Console:
         for name, (handlers, propagate) in self._saved.items():
             logger = logging.getLogger(name)
             logger.handlers, logger.propagate = handlers, propagate
-        if self._showwarning is not None:
-            warnings.showwarning = self._showwarning
+        if self._warnings is not None:
+            self._warnings.__exit__(None, None, None)
+            self._warnings = None
         _active = None if _active is self else _active
+
+
+class QuietRuns:
+    """Keep the training runs inside one command to warnings and errors, then restore what was there.
+
+    Lightning's per-run INFO lines (``LIGHTNING_LOGGERS``) and ``names`` (e.g. ``lstm_grad`` after the
+    first run has said the data lines once, ``optuna``'s trial lines) are raised to WARNING and the
+    chatter warnings ignored, also in a joblib / Dask worker, where no :class:`Console` is installed.
+    ``backtest`` prints one line per fold and ``tune`` one per trial instead.
+
+    >>> before = logging.getLogger("lstm_grad").level
+    >>> with QuietRuns("lstm_grad") as quiet:
+    ...     quiet.add("matplotlib")
+    ...     logging.getLogger("lightning.pytorch").getEffectiveLevel() >= logging.WARNING
+    True
+    >>> logging.getLogger("lstm_grad").level == before
+    True
+    """
+
+    def __init__(self, *names: str) -> None:
+        self.names = (*LIGHTNING_LOGGERS, *names)
+        self._levels: dict[str, int] = {}
+        self._warnings: warnings.catch_warnings | None = None
+
+    def __enter__(self) -> QuietRuns:
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", message=WARNING_CHATTER)
+        self.add(*self.names)
+        return self
+
+    def add(self, *names: str) -> None:
+        """Quiet more loggers until the end of the block."""
+        for name in names:
+            logger = logging.getLogger(name)
+            self._levels.setdefault(name, logger.level)
+            logger.setLevel(max(logger.level, logging.WARNING))
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        if self._warnings is not None:
+            self._warnings.__exit__(kind, error, trace)

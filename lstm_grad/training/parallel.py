@@ -13,26 +13,23 @@ One function for every command that trains several models that do not talk to ea
   count is per process, two jobs in one worker process would share it); by default each job uses
   ``cores of its machine // task slots on that machine`` threads.
 
-A function defined in a script (``scripts/ablation_runs.py``) is not importable on a remote worker,
-so for a cluster it travels by value (cloudpickle), together with the script modules of its folder.
+The function travels by reference, as pickle sends any top-level function: a worker imports it from
+the same installed module, so that module must be installed there too.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import torch
 
-from lstm_grad.errors import MissingExtraError
+from lstm_grad.errors import ConfigError, MissingExtraError
 
 J = TypeVar("J")
 R = TypeVar("R")
-
 
 
 def require_extra(modules: Sequence[str], what: str, extra: str) -> None:
@@ -58,17 +55,16 @@ def _with_threads(function: Callable[[Any], Any], job: Any, threads: int, index:
     return index, function(job)
 
 
-def _shipped(payload: bytes, job: Any, threads: int | dict[str, int], index: int) -> tuple[int, Any]:
-    """Unpickle the function on a Dask worker and run one job there.
+def _on_worker(function: Callable[[Any], Any], job: Any, threads: int | dict[str, int], index: int) -> tuple[int, Any]:
+    """Run one job on a Dask worker.
 
     ``threads`` is either a count or a map ``{worker address: threads}`` made by :func:`_cluster_threads`.
     """
-    import cloudpickle
     from distributed import get_worker
 
     if isinstance(threads, dict):
         threads = threads.get(get_worker().address, 1)
-    return _with_threads(cloudpickle.loads(payload), job, threads, index)
+    return _with_threads(function, job, threads, index)
 
 
 def _host(address: str) -> str:
@@ -84,38 +80,23 @@ def _cluster_threads(client: Any) -> dict[str, int]:
     return {address: max(1, (n or 1) // slots.get(_host(address), 1)) for address, n in cores.items()}
 
 
-def _by_value(function: Callable[[Any], Any]) -> bytes:
-    """Pickle ``function`` by value when it lives in a script (a module outside any package)."""
-    import cloudpickle
-
-    module = sys.modules.get(function.__module__)
-    path = getattr(module, "__file__", None)
-    if module is not None and path and not module.__package__ and module.__name__ != "__main__":
-        folder = Path(path).resolve().parent
-        for other in list(sys.modules.values()):
-            other_path = getattr(other, "__file__", None)
-            if other_path and not getattr(other, "__package__", None) and Path(other_path).resolve().parent == folder:
-                cloudpickle.register_pickle_by_value(other)
-    return cloudpickle.dumps(function)
-
-
 def check_workers(workers: int, threads_per_worker: int | None, cores: int | None = None) -> int:
-    """Return the torch threads per local worker, or raise ``ValueError`` if they oversubscribe the CPU.
+    """Return the torch threads per local worker, or raise ``ConfigError`` if they oversubscribe the CPU.
 
     >>> check_workers(2, None, cores=8)
     4
     >>> check_workers(3, 2, cores=4)
     Traceback (most recent call last):
     ...
-    ValueError: 3 workers x 2 threads = 6 CPU threads > 4 cores on this machine; lower --workers or --threads
+    lstm_grad.errors.ConfigError: 3 workers x 2 threads = 6 CPU threads > 4 cores on this machine; lower --workers or --threads
     """
     cores = cores or os.cpu_count() or 1
     if workers < 1 or (threads_per_worker is not None and threads_per_worker < 1):
-        raise ValueError(f"workers ({workers}) and threads per worker ({threads_per_worker}) must be >= 1")
+        raise ConfigError(f"workers ({workers}) and threads per worker ({threads_per_worker}) must be >= 1")
     threads = threads_per_worker or max(1, cores // workers)
     if workers * threads > cores:
-        raise ValueError(f"{workers} workers x {threads} threads = {workers * threads} CPU threads > {cores} cores "
-                         f"on this machine; lower --workers or --threads")
+        raise ConfigError(f"{workers} workers x {threads} threads = {workers * threads} CPU threads > {cores} cores "
+                          f"on this machine; lower --workers or --threads")
     return threads
 
 
@@ -128,8 +109,8 @@ def run_jobs(function: Callable[[J], R], jobs: Sequence[J], workers: int = 1, th
     job finishes (in finishing order), e.g. to write a resumable CSV row at once. An exception in a
     job stops the whole run and is raised here.
 
-    Raises ``ValueError`` when local ``workers x threads`` exceed the cores, and
-    :class:`MissingExtraError` (naming the extra to install) when ``cluster`` is given without Dask.
+    Raises ``ConfigError`` when local ``workers x threads`` exceed the cores or ``cluster`` cannot be
+    reached, and :class:`MissingExtraError` (naming the extra to install) when ``cluster`` is given without Dask.
 
     >>> run_jobs(abs, [-3, 2, -1])
     [3, 2, 1]
@@ -166,9 +147,13 @@ def _run_on_cluster(function: Callable[[Any], Any], jobs: list[Any], threads_per
     import distributed
     from joblib import Parallel, delayed, parallel_config
 
-    payload = _by_value(function)
-    with distributed.Client(cluster, timeout=30) as client:
+    try:
+        client = distributed.Client(cluster, timeout=30)
+    except OSError as error:  # refused, timed out, unknown host
+        raise ConfigError(f"--cluster {cluster}: cannot reach the Dask scheduler ({' '.join(str(error).split())}); "
+                          "start it or check the address") from None
+    with client:
         threads: int | dict[str, int] = threads_per_worker or _cluster_threads(client)
         with parallel_config(backend="dask"):
             pool = Parallel(n_jobs=-1, batch_size=1, return_as="generator_unordered")
-            return collect(pool(delayed(_shipped)(payload, job, threads, i) for i, job in enumerate(jobs)))
+            return collect(pool(delayed(_on_worker)(function, job, threads, i) for i, job in enumerate(jobs)))

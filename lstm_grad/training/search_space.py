@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from lstm_grad.errors import ConfigError
+
 #: The default space. Stacks: one to four layers, the recipe's 128/128/128/64 last; each with and
 #: without the residual adds (a 1-layer stack has none, so ``residual`` changes nothing there).
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
@@ -37,30 +39,30 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 
 
 def _check(name: str, spec: Any, where: str) -> dict[str, Any]:
-    """Return ``spec`` if it describes a range or choices; else raise a one-line ``ValueError``."""
+    """Return ``spec`` if it describes a range or choices; else raise a one-line ``ConfigError``."""
     if not isinstance(spec, dict) or not ({"choices"} <= spec.keys() or {"low", "high"} <= spec.keys()):
-        raise ValueError(f"{where}: '{name}' must be {{low: .., high: ..}} (optionally log: true, step: ..) or "
-                         f"{{choices: [..]}}, found {spec!r}")
+        raise ConfigError(f"{where}: '{name}' must be {{low: .., high: ..}} (optionally log: true, step: ..) or "
+                          f"{{choices: [..]}}, found {spec!r}")
     unknown = set(spec) - {"choices", "low", "high", "log", "step"}
     if unknown:
-        raise ValueError(f"{where}: '{name}' has unknown keys {sorted(unknown)}; use low, high, log, step or choices")
+        raise ConfigError(f"{where}: '{name}' has unknown keys {sorted(unknown)}; use low, high, log, step or choices")
     if "choices" in spec:
         if not isinstance(spec["choices"], list) or not spec["choices"]:
-            raise ValueError(f"{where}: '{name}' choices must be a non-empty list, found {spec['choices']!r}")
+            raise ConfigError(f"{where}: '{name}' choices must be a non-empty list, found {spec['choices']!r}")
         return spec
     low, high = spec["low"], spec["high"]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
-        raise ValueError(f"{where}: '{name}' needs numbers low <= high, found low={low!r} high={high!r}")
+        raise ConfigError(f"{where}: '{name}' needs numbers low <= high, found low={low!r} high={high!r}")
     if spec.get("log") and low <= 0:
-        raise ValueError(f"{where}: '{name}' is log-uniform, so low must be > 0 (found {low})")
+        raise ConfigError(f"{where}: '{name}' is log-uniform, so low must be > 0 (found {low})")
     return spec
 
 
 def load_space(path: str | None = None) -> dict[str, dict[str, Any]]:
     """Return the default space, overridden key by key by the YAML file at ``path``.
 
-    Raises ``ValueError`` (naming the file and key) for a malformed entry or a key that is not a
-    ``section.argument`` flag, and ``OSError`` for an unreadable file.
+    Raises ``ConfigError`` (naming the file and key) for a malformed entry, a key that is not a
+    ``section.argument`` flag, or an unreadable file.
 
     >>> sorted(load_space())[:3]
     ['data.target_mode', 'data.window', 'model.dropout']
@@ -71,16 +73,16 @@ def load_space(path: str | None = None) -> dict[str, dict[str, Any]]:
     try:
         text = Path(path).read_text()
     except OSError as error:
-        raise OSError(f"--space {path}: cannot read the search space ({error.strerror or error})") from None
+        raise ConfigError(f"--space {path}: cannot read the search space ({error.strerror or error})") from None
     try:
         override = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(override, dict):
-        raise ValueError(f"{path}: the search space must be a mapping of flag -> range, found {type(override).__name__}")
+        raise ConfigError(f"{path}: the search space must be a mapping of flag -> range, found {type(override).__name__}")
     for name, spec in override.items():
         if not isinstance(name, str) or "." not in name or name.startswith("-"):
-            raise ValueError(f"{path}: key {name!r} must be a fit flag without dashes, e.g. model.lr or data.window")
+            raise ConfigError(f"{path}: key {name!r} must be a fit flag without dashes, e.g. model.lr or data.window")
         if spec is None:
             space.pop(name, None)
         else:
