@@ -26,6 +26,7 @@ import torch
 from benchmarks.config import BenchConfig
 from benchmarks.fits import make_data, quiet
 from benchmarks.headline import details, table
+from benchmarks.big_model import item_big_model
 from benchmarks.overhead import item_diagnostics, item_lightning_vs_loop, item_monitor_user_model
 from benchmarks.peers import item_darts
 from benchmarks.stats import machine_note
@@ -62,6 +63,13 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         spread["gemm_fraction"] = items["gemm"]["pair_fractions"]
         log(f"4 GFLOP/s {items['gemm']['achieved_gflops']['median']:.1f} of "
             f"{items['gemm']['ceiling_gflops']['median']:.1f}: {result['gemm_fraction']:.3f}")
+    if 10 in cfg.items:
+        items["big_model"] = item_big_model(cfg)
+        result["big_model_check_share"] = items["big_model"]["check_share"]["median"]
+        result["big_model_logged_share"] = items["big_model"]["logged_share"]["median"]
+        spread["big_model_check_share"] = items["big_model"]["check_share"]
+        log(f"10 50M-parameter step {items['big_model']['step_s']['median']:.3f} s: per-step check "
+            f"{result['big_model_check_share']:+.2%}, logged step {result['big_model_logged_share']:+.2%}")
     if 5 in cfg.items:
         items["data"] = item_data(cfg)
         result["data_setup_s"] = items["data"]["setup_s"]["median"]
@@ -99,7 +107,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="which clock the ratios use; both are recorded")
     parser.add_argument("--repeats", type=int, help="timed rounds per comparison")
-    parser.add_argument("--items", type=int, nargs="+", help="run only these items (1-9)")
+    parser.add_argument("--items", type=int, nargs="+", help="run only these items (1-10)")
     args = parser.parse_args(argv)
     cfg = BenchConfig.quick_config() if args.quick else BenchConfig()
     cfg.clock = args.clock

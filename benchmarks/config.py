@@ -20,7 +20,7 @@ class BenchConfig:
     repeats: int = 4  # timed rounds per comparison, after one warm-up round
     full_repeats: int = 2  # rounds on the full series (an epoch there is ~13 s on 2 idle cores)
     clock: str = "wall"  # "wall" (perf_counter) or "cpu" (process_time, steadier on a shared box)
-    items: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+    items: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
     scaling_days: tuple[int | None, ...] = (1247, 2500, 5000, None)
     scaling_windows: tuple[int, ...] = (30, 60, 120, 240)
     warmup: int = 1

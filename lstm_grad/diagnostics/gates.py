@@ -82,7 +82,28 @@ def _direction(module: GatedRNN, suffix: str, seq: Tensor, h: Tensor, c: Tensor)
     return {name: torch.stack(values, dim=1) for name, values in steps.items()}  # T x (B, U) -> (B, T, U)
 
 
-def recompute_gates(module: GatedRNN, x: Tensor, hx: Hidden = None) -> list[dict[str, Tensor]]:
+def _one_shot(module: GatedRNN, seq: Tensor, h0: Tensor, output: Tensor) -> dict[str, Tensor]:
+    """Gates of a single-layer, one-direction torch ``nn.LSTM`` / ``nn.GRU`` without projection from its own
+    output: h_{t-1} is the output shifted by one step, so every step's gates come from two matmuls at once
+    (no loop over time). ``seq`` (B, T, F), ``h0`` (B, H), ``output`` (B, T, H), batch first."""
+    h_prev = torch.cat([h0.unsqueeze(1), output[:, :-1]], dim=1)  # (B, T, H)
+    xi = F.linear(seq, module.weight_ih_l0.float(), None if module.bias_ih_l0 is None else module.bias_ih_l0.float())
+    gh = F.linear(h_prev, module.weight_hh_l0.float(), None if module.bias_hh_l0 is None else module.bias_hh_l0.float())
+    if isinstance(module, nn.LSTM):
+        i, f, g, o = (xi + gh).chunk(4, dim=-1)  # 4 x (B, T, H)
+        return {"input": torch.sigmoid(i), "forget": torch.sigmoid(f), "cell": torch.tanh(g),
+                "output": torch.sigmoid(o), "h": output}
+    (x_r, x_z, x_n), (h_r, h_z, h_n) = xi.chunk(3, dim=-1), gh.chunk(3, dim=-1)
+    r = torch.sigmoid(x_r + h_r)
+    return {"reset": r, "update": torch.sigmoid(x_z + h_z), "new": torch.tanh(x_n + r * h_n), "h": output}
+
+
+def _plain_single_layer(module: GatedRNN) -> bool:
+    return (type(module) in (nn.LSTM, nn.GRU) and module.num_layers == 1 and not module.bidirectional
+            and not getattr(module, "proj_size", 0))
+
+
+def recompute_gates(module: GatedRNN, x: Tensor, hx: Hidden = None, output: Tensor | None = None) -> list[dict[str, Tensor]]:
     """Return, for every layer of ``module``, its gate activations and hidden sequence on input ``x``.
 
     ``x`` as the module takes it: (T, B, F), (B, T, F) with ``batch_first``, or unbatched (T, F);
@@ -91,7 +112,9 @@ def recompute_gates(module: GatedRNN, x: Tensor, hx: Hidden = None) -> list[dict
     batch-first (B, T, D*H) tensors, D = 2 for a bidirectional module (forward units first, the
     backward direction's aligned to input time t): ``input, forget, cell, output`` (LSTM) or
     ``reset, update, new`` (GRU), and ``"h"`` (B, T, D*P) (P = ``proj_size`` or H), the layer's
-    output; layer k + 1 reads layer k's ``"h"``.
+    output; layer k + 1 reads layer k's ``"h"``. ``output``: the module's own output for ``x``; for a
+    single-layer, one-direction torch module without projection it gives h_{t-1} directly, so the gates
+    are computed for all steps at once instead of stepping through time (same values).
 
     >>> lstm = nn.LSTM(2, 3, num_layers=2, batch_first=True)
     >>> layers = recompute_gates(lstm, torch.randn(4, 5, 2))
@@ -114,6 +137,9 @@ def recompute_gates(module: GatedRNN, x: Tensor, hx: Hidden = None) -> list[dict
         states = module.num_layers * n_dir
         h0 = seq.new_zeros(states, batch, width) if h0 is None else h0.float()
         c0 = seq.new_zeros(states, batch, module.hidden_size) if c0 is None else c0.float()
+        if output is not None and _plain_single_layer(module) and seq.dim() == 3 and x.dim() == 3:
+            out = output.float() if module.batch_first else output.float().transpose(0, 1)
+            return [_one_shot(module, seq, h0[0], out)]
         layers = []
         for k in range(module.num_layers):
             runs = []
@@ -202,8 +228,8 @@ def gate_saturation(model: nn.Module, x: Any, layers: Mapping[str, nn.Module] | 
     mismatch: dict[str, Tensor] = {}
     for name, module in watched.items():
         for inp, hx, output in calls[name]:
-            per_layer = recompute_gates(module, inp, hx)
-            if isinstance(output, Tensor):
+            per_layer = recompute_gates(module, inp, hx, output if isinstance(output, Tensor) else None)
+            if isinstance(output, Tensor) and not _plain_single_layer(module):
                 mismatch[name] = torch.maximum(mismatch.get(name, torch.zeros((), device=output.device)),
                                                _mismatch(name, module, inp, output, per_layer[-1]["h"]))
             for k, gates in enumerate(per_layer):

@@ -92,3 +92,17 @@ class GradientHealth:
         self.relative_streak = dict(state.get("relative_streak", {}))
         self.warned = set(state["warned"])
         self.logged_steps, self.clipped_steps = state["logged_steps"], state["clipped_steps"]
+
+
+def nonfinite_message(step: int, epoch: int | None, layers: list[str], parameters: list[str], policy: str) -> str:
+    """The one warning of a non-finite step: where (step, epoch, groups, first parameter), what was done
+    (``policy``: stop / skip / raise), and the fixes."""
+    what = {"stop": "the update was skipped and training stops after this step",
+            "skip": "the update was skipped", "raise": "the update was skipped"}[policy]
+    when = f" (epoch {epoch})" if epoch is not None else ""
+    where = f" (parameter {parameters[0]})" if parameters else ""
+    also = f" (also {', '.join(layers[1:])})" if len(layers) > 1 else ""
+    return (f"non-finite gradient at step {step}{when} in group {layers[0]}{where}{also}: {what}; the weights were "
+            f"not updated, so they are still the finite ones from before step {step}. Lower the learning rate, clip "
+            "the gradient (Trainer(gradient_clip_val=1.0)), or rerun with Trainer(detect_anomaly=True) to find the "
+            "op that made it")

@@ -24,7 +24,6 @@ from typing import Any, Optional, Union
 
 import torch
 
-from lstm_grad.diagnostics.health import GradientHealth
 from lstm_grad.diagnostics.live_doctor import LiveDoctor
 from lstm_grad.diagnostics.check_budget import CheckBudget
 from lstm_grad.diagnostics.clip_hooks import install_clip_hooks, uninstall_clip_hooks
@@ -98,21 +97,13 @@ class GradientMonitor(Callback):
         self._replay: Optional[int] = None  # a non-finite step whose origin is still to be found
 
     # ---- what tests and users read -------------------------------------------------------------------
-    @property
-    def health(self) -> GradientHealth:
-        return self.tracker.health
-
-    @property
-    def nonfinite(self) -> Optional[dict[str, Any]]:
-        return self.tracker.nonfinite
+    health = property(lambda self: self.tracker.health, doc="The first optimizer's vanishing / exploding state.")
+    nonfinite = property(lambda self: self.tracker.nonfinite, doc="Step, groups, parameter of the first non-finite gradient.")
+    overflow_streak = property(lambda self: self.tracker.overflow_streak, doc="GradScaler overflows in a row.")
 
     @property
     def skipped_steps(self) -> int:
         return self.tracker.skipped_steps + sum(t.skipped_steps for t in self.extra_trackers.values())
-
-    @property
-    def overflow_streak(self) -> int:
-        return self.tracker.overflow_streak
 
     @property
     def state_key(self) -> str:

@@ -16,14 +16,11 @@ hand-written loop or Lightning Fabric drives it with two calls per optimizer ste
     for tag, value in tracker.update_tags().items():   # optional: ‖Δw‖/‖w‖ of a logged step
         writer.add_scalar(tag, value, step)
 
-What is measured is the gradient of the parameters the stepping ``optimizer`` holds (another
-optimizer's stale ``.grad`` never counts), so ``grad_norm/total`` is the total that
-``clip_grad_norm_(optimizer's parameters)`` compares with its ``max_norm``. Groups are built over all of
-the module's parameters, trainable or not, so freezing, unfreezing or adding parameter groups to the
-optimizer never renames or miscounts them; the groups are rebuilt when the module's parameters change
-(an adapter added). A group without a gradient this step (unused in ``forward``, frozen, or held by
-another optimizer) is left out of the tags and the alarms, never logged as 0; a group that no step
-has given a gradient is reported once in one plain line.
+Measured: the gradient of the parameters the stepping ``optimizer`` holds (never another optimizer's
+stale ``.grad``), so ``grad_norm/total`` is what ``clip_grad_norm_`` compares with ``max_norm``. Groups
+span all parameters, trainable or not (unfreezing renames nothing; regrouped when parameters are added).
+A group without a gradient at a step is left out of tags and alarms, never 0; one no step reached is
+named once.
 """
 
 from __future__ import annotations
@@ -41,7 +38,7 @@ import torch
 from torch import nn
 
 from lstm_grad.diagnostics.groups import ParameterGroups, parameter_groups
-from lstm_grad.diagnostics.health import GradientHealth
+from lstm_grad.diagnostics.health import GradientHealth, nonfinite_message
 from lstm_grad.diagnostics.norms import STATS, GroupNorms, fused_norms, measure, tag_scalars, total_grad_norm, was_clipped
 from lstm_grad.diagnostics.update_ratio import UpdateRatio
 
@@ -300,15 +297,7 @@ class GradientTracker:
             param.grad = None
         layers = [g for g in bad if g != "total"] or ["total"]
         step = pending.step
-        what = {"stop": "the update was skipped and training stops after this step",
-                "skip": "the update was skipped", "raise": "the update was skipped"}[self.on_nonfinite]
-        where = f" (parameter {parameters[0]})" if parameters else ""
-        also = f" (also {', '.join(layers[1:])})" if len(layers) > 1 else ""
-        when = f" (epoch {pending.epoch})" if pending.epoch is not None else ""
-        message = (f"non-finite gradient at step {step}{when} in group {layers[0]}{where}{also}: {what}; "
-                   f"the weights were not updated, so they are still the finite ones from before step {step}. "
-                   "Lower the learning rate, clip the gradient (Trainer(gradient_clip_val=1.0)), or rerun with "
-                   "Trainer(detect_anomaly=True) to find the op that made it")
+        message = nonfinite_message(step, pending.epoch, layers, parameters, self.on_nonfinite)
         self.skipped_steps += 1
         if self.nonfinite is None:
             self.nonfinite = {"step": step, "groups": layers, "parameter": parameters[0] if parameters else None}
