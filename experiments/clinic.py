@@ -1,7 +1,7 @@
 """The clinic: small models with planted gradient pathologies, and what the doctor makes of them.
 
-    python -m experiments.clinic                 # train every case (a few minutes on 2 CPU cores)
-    python -m experiments.clinic --case unused_layer deep_plain_rnn
+    python -m experiments.clinic                 # train every case (about 30 s on 2 CPU cores, 16 runs)
+    python -m experiments.clinic --case unused_layer deep_plain_lstm
     python -m experiments.clinic --report-only   # rebuild docs/clinic.md from results/clinic.json
 
 Each case (:mod:`experiments.clinic_cases`) trains with ``GradientMonitor`` + ``TimeGradientProbe`` and a
@@ -17,18 +17,18 @@ no warning of that kind is left after the fix; a control passes without any warn
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
 import statistics
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from experiments import CODE_PATHS
-from experiments.clinic_cases import BASE, CASES, Settings, apply_fix, build
 
 MAX_ROUNDS = 3  # the planted run and at most two fixes
 LOG_EVERY = 2  # log_every_n_steps: enough logged steps in a few epochs of 16 batches
@@ -45,6 +45,7 @@ METRICS = {
     "no_gradient": ("no_gradient_groups", "groups without gradient", "d"),
     "nonfinite": ("nonfinite_steps", "non-finite steps", "d"),
     "healthy": ("late_loss", "train loss (late median)", ".3f"),
+    "not_learnable": ("best_val_rel_mae", "best val MAE / persistence's", ".3f"),
 }
 
 
@@ -63,14 +64,13 @@ def _median_late(series: dict[int, float]) -> float | None:
 def metrics_of(signals: Any, steps: int) -> dict[str, Any]:
     """The numbers of a run that the findings turn on, computed from the doctor's signals as its rules do
     (medians over the last half of the logged steps), whether or not a rule fired."""
-    layers = [g for g in signals.groups if g in signals.norms and g not in ("total", "total_clipped")]
-    layers = layers[:-1] if len(layers) > 2 else layers  # the output head left out, as the doctor does
+    from lstm_grad.diagnostics.doctor import depth_ratio, layers_of
+
+    layers = layers_of(signals)  # the rule's own layers: the output head and residual projections left out
     out: dict[str, Any] = {"steps": steps, "logged_steps": len(signals.norms.get("total", {})),
                            "late_loss": _median_late(signals.loss)}
     if len(layers) >= 2:
-        a, b = signals.norms[layers[0]], signals.norms[layers[-1]]
-        ratios = [a[x] / b[x] for x in sorted(set(a) & set(b)) if b[x] > 0]
-        out["ratio_first_last"] = statistics.median(ratios[len(ratios) // 2:]) if ratios else None
+        out["ratio_first_last"] = depth_ratio(signals, layers[0], layers[-1])
     if signals.reach and signals.window:
         out["reach"], out["window"] = _median_late(signals.reach), signals.window
         out["reach_share"] = out["reach"] / signals.window
@@ -80,7 +80,7 @@ def metrics_of(signals: Any, steps: int) -> dict[str, Any]:
     updates = [v for v in (_median_late(s) for s in signals.updates.values()) if v is not None]
     if updates:
         out["update_ratio_max"], out["update_ratio_min"] = max(updates), min(updates)
-    closed = [v for k, s in signals.gates.items() if k.endswith("/forget_closed") and (v := _median_late(s)) is not None]
+    closed = [_median_late(s) for k, s in signals.gates.items() if k.endswith("/forget_closed") and s]
     if closed:
         out["forget_closed"] = max(closed)
     out["no_gradient_groups"] = len(signals.no_gradient)
@@ -91,17 +91,19 @@ def metrics_of(signals: Any, steps: int) -> dict[str, Any]:
 
 
 def finding_record(finding: Any) -> dict[str, Any]:
+    """A finding as JSON, its evidence rounded to 4 significant digits."""
     record = finding.to_json()
-    record["evidence"] = {k: (v if not isinstance(v, float) else float(f"{v:.4g}")) for k, v in record["evidence"].items()}
+    record["evidence"] = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in record["evidence"].items()}
     return record
 
 
-def train(case: str, s: Settings, run_root: Path, version: str) -> dict[str, Any]:
+def train(case: str, s: dict[str, Any], run_root: Path, version: str) -> dict[str, Any]:
     """Train one case's settings with the monitor and the probe; return the round's record: settings,
     live and offline findings, whether they agree, the metrics and the non-finite origin."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from experiments.clinic_cases import build
     from lstm_grad.diagnostics import GradientMonitor, TimeGradientProbe, read_run
     from lstm_grad.diagnostics.doctor import examine
     from lstm_grad.diagnostics.run_signals import signals_of
@@ -129,7 +131,7 @@ def train(case: str, s: Settings, run_root: Path, version: str) -> dict[str, Any
     events = monitor.tracker.nonfinite_events
     return {"version": version, "settings": dict(s), "log_dir": str(logger.log_dir),
             "findings": [finding_record(f) for f in live],
-            "offline": [finding_record(f) for f in offline],
+            "offline": [{"kind": f.kind, "severity": f.severity, "groups": f.groups} for f in offline],
             "agree": _kinds(live) == _kinds(offline) and [f.kind for f in live[:1]] == [f.kind for f in offline[:1]],
             "metrics": metrics_of(monitor.doctor.signals(monitor.tracker), trainer.global_step),
             "origin": events[0].get("origin") if events else None,
@@ -148,22 +150,25 @@ def problems(record: dict[str, Any]) -> list[str]:
 
 # ---- one case -----------------------------------------------------------------------------------------
 def run_case(case: dict[str, Any], run_root: Path) -> dict[str, Any]:
-    """Run a case, follow the doctor's top finding's fix while it leaves that kind, judge the outcome."""
+    """Run a case; while the kind of its first top finding is still reported (at most ``MAX_ROUNDS``
+    runs), apply that finding's own fix and rerun; judge the outcome (:func:`judge`)."""
+    from experiments.clinic_cases import BASE, apply_fix
+
     shutil.rmtree(run_root / case["name"], ignore_errors=True)
     settings = {**BASE, **case["settings"]}
     rounds, fixes = [train(case["name"], settings, run_root, "round0")], []
-    treated = rounds[0]["findings"][0]["kind"] if rounds[0]["findings"] else None
-    while case["expect"] and treated and len(rounds) < MAX_ROUNDS:
-        top = rounds[-1]["findings"][0]
-        if rounds[-1] is not rounds[0] and treated not in _present(rounds[-1]):
+    treated = rounds[0]["findings"][0]["kind"]
+    while case["expect"] and len(rounds) < MAX_ROUNDS:
+        finding = next((f for f in rounds[-1]["findings"] if f["kind"] == treated), None)
+        if finding is None or (len(rounds) > 1 and treated not in _present(rounds[-1])):
             break  # cured
-        fixed = apply_fix(top["kind"], top["fix"], settings)
+        fixed = apply_fix(treated, finding["fix"], settings)
         if fixed is None:
-            break
+            break  # healthy, not_learnable: nothing to change
         settings, what = fixed
         fixes.append(what)
         rounds.append(train(case["name"], settings, run_root, f"round{len(rounds)}"))
-        print(f"  {case['name']}: {top['kind']} -> {what} -> {', '.join(problems(rounds[-1])) or 'no warning'}",
+        print(f"  {case['name']}: {treated} -> {what} -> {', '.join(problems(rounds[-1])) or 'no warning'}",
               flush=True)
     return judge(case, rounds, fixes, treated)
 
@@ -181,7 +186,7 @@ def judge(case: dict[str, Any], rounds: list[dict[str, Any]], fixes: list[str], 
     if not case["expect"]:  # a control
         out["named"] = not problems(first)
         out["cured"] = out["named"]
-        out["metric"] = _metric("healthy", first, first)
+        out["metric"] = _metric(case.get("metric", "healthy"), first, first)
         return out
     expected = set(case["expect"])
     out["named"] = treated in expected
@@ -201,11 +206,12 @@ def thresholds_used() -> list[dict[str, Any]]:
     """Every threshold of :mod:`lstm_grad.diagnostics.thresholds` with its source, as the run used them."""
     from lstm_grad.diagnostics import thresholds as T
 
-    names = [n for n in vars(T) if n.isupper() and not n.endswith("_SOURCE")]
     rows = []
-    for name in names:
-        stem = next((p for p in (name, name.rsplit("_", 1)[0]) if hasattr(T, f"{p}_SOURCE")), None)
-        rows.append({"name": name, "value": getattr(T, name), "source": getattr(T, f"{stem}_SOURCE") if stem else ""})
+    for name in (n for n in vars(T) if n.isupper() and not n.endswith("_SOURCE")):
+        parts = name.split("_")  # SPIKE_MIN_HISTORY -> SPIKE_MIN_HISTORY_SOURCE, SPIKE_MIN_SOURCE, SPIKE_SOURCE
+        stems = ("_".join(parts[:k]) for k in range(len(parts), 0, -1))
+        source = next((getattr(T, f"{stem}_SOURCE") for stem in stems if hasattr(T, f"{stem}_SOURCE")), "")
+        rows.append({"name": name, "value": getattr(T, name), "source": source})
     return rows
 
 
@@ -227,13 +233,13 @@ def _after_cell(case: dict[str, Any]) -> str:
     if len(case["rounds"]) < 2:
         return "—"
     last = case["rounds"][-1]
-    left = problems(last)
+    left = sorted(_present(last))
     return (", ".join(left) + " left") if left else f"no warning (top: {_finding_cell(last['findings'])})"
 
 
 def table(cases: list[dict[str, Any]]) -> list[str]:
-    lines = ["| case | planted cause | top finding (kind + groups) | fix applied | finding after the fix | "
-             "metric before → after | passed |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [("| case | planted cause | top finding (kind + groups) | fix applied | finding after the fix | "
+             "metric before → after | passed |"), "| --- | --- | --- | --- | --- | --- | --- |"]
     for case in cases:
         m = case["metric"]
         before, after = _num(m["before"], m["format"]), _num(m["after"], m["format"])
@@ -245,37 +251,58 @@ def table(cases: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def headline(cases: list[dict[str, Any]]) -> str:
+    planted = [c for c in cases if c["expect"]]
+    controls = [c for c in cases if not c["expect"]]
+    disagree = [c["name"] for c in cases if not c["agree"]]
+    agreement = ("Live and offline (`signals_of(read_run(dir))`) findings agree on every run." if not disagree else
+                 f"Live and offline (`signals_of(read_run(dir))`) findings differ in: {', '.join(disagree)}.")
+    return (f"**{sum(c['named'] and c['cured'] for c in planted)} of {len(planted)} planted causes named first and "
+            f"cured; {sum(c['named'] for c in controls)} of {len(controls)} controls without a warning.** {agreement}")
+
+
+def failures(cases: list[dict[str, Any]]) -> list[str]:
+    """One line per case that did not pass: what the doctor said instead, and where its fix led."""
+    lines = []
+    for c in cases:
+        top = _finding_cell(c["rounds"][0]["findings"])
+        if not c["expect"] and not c["named"]:
+            lines.append(f"- {c['name']}: top finding {top}; expected no warning")
+        elif c["expect"] and not c["named"]:
+            fixed = f"; after its fix ({' ; '.join(c['fixes'])}): {_after_cell(c)}" if c["fixes"] else ""
+            lines.append(f"- {c['name']}: top finding {top}; expected {' or '.join(c['expect'])}{fixed}")
+        elif c["expect"] and not c["cured"]:
+            lines.append(f"- {c['name']}: named first, but after its fix ({' ; '.join(c['fixes']) or 'none'}): "
+                         f"{_after_cell(c)}")
+    return ["Not passed:", "", *lines, ""] if lines else []
+
+
 def render(data: dict[str, Any]) -> str:
     """The page ``docs/clinic.md``, computed from ``results/clinic.json`` alone."""
     cases = data["cases"]
-    planted = [c for c in cases if c["expect"]]
-    controls = [c for c in cases if not c["expect"]]
-    passed_planted = sum(c["named"] and c["cured"] for c in planted)
-    passed_controls = sum(c["named"] for c in controls)
-    disagree = [c["name"] for c in cases if not c["agree"]]
-    origins = [(c["name"], r["origin"]) for c in cases for r in c["rounds"][:1] if r.get("origin")]
     lines = ["# The clinic: planted gradient pathologies and the doctor's diagnosis", "",
              "<!-- generated by `python -m experiments.clinic` from results/clinic.json; do not edit -->", "",
-             "Small models (CPU, seconds each) with one planted cause each, trained with `GradientMonitor` and "
+             ("Small models (CPU, seconds each) with one planted cause each, trained with `GradientMonitor` and "
              "`TimeGradientProbe`; the live doctor's top finding, its own fix applied, and the run repeated "
              f"(up to {MAX_ROUNDS - 1} fixes while the treated kind remains). A planted case passes when its cause "
              "is the top finding and no warning of that kind is left after the fix; a control passes without any "
-             "warning.", "",
-             f"**{passed_planted} of {len(planted)} planted causes named first and cured; {passed_controls} of "
-             f"{len(controls)} controls without a warning.** Live and offline (`signals_of(read_run(dir))`) "
-             "findings agree on every run." if not disagree else
-             f"**{passed_planted} of {len(planted)} planted causes named first and cured; {passed_controls} of "
-             f"{len(controls)} controls without a warning.** Live and offline findings differ in: "
-             f"{', '.join(disagree)}.", "", *table(cases), ""]
+             "warning."), "", headline(cases), "", *table(cases), "", *failures(cases)]
+    origins = [(c["name"], c["rounds"][0]["origin"]) for c in cases if c["rounds"][0].get("origin")]
     if origins:
         lines += ["Non-finite origin found by the monitor's replay:", ""]
         lines += [f"- {name}: {origin}" for name, origin in origins]
         lines.append("")
-    lines += ["## Thresholds used", "", "From `lstm_grad.diagnostics.thresholds` at the run's commit.", "",
+    lines += ["## What the doctor said", "", "The top finding of each planted run, as the monitor reported it.", ""]
+    for case in (c for c in cases if c["expect"]):
+        top = case["rounds"][0]["findings"][0]
+        evidence = ", ".join(f"{k} {v}" for k, v in top["evidence"].items() if k != "source")
+        lines.append(f"- **{case['name']}**: [{top['severity']}] {top['kind']}: {top['summary']} ({evidence}). "
+                     f"Fix: {top['fix']}")
+    lines += ["", "## Thresholds used", "", "From `lstm_grad.diagnostics.thresholds` at the run's commit.", "",
               "| name | value | source |", "| --- | --- | --- |"]
     lines += [f"| `{t['name']}` | {t['value']:g} | {t['source']} |" for t in data["thresholds"]]
-    lines += ["", "## Provenance", "", f"`{data['command']}` at commit `{data['commit']}`; torch {data['torch']}, "
-              f"lightning {data['lightning']}; {data['runs']} runs, {data['wall_s']:.0f} s wall time in all.", ""]
+    lines += ["", "## Provenance", "", (f"`{data['command']}` at commit `{data['commit']}`; torch {data['torch']}, "
+              f"lightning {data['lightning']}; {data['runs']} runs, {data['wall_s']:.0f} s wall time in all."), ""]
     return "\n".join(lines)
 
 
@@ -289,9 +316,23 @@ def provenance() -> dict[str, Any]:
     return {"commit": git_commit(paths=CODE_PATHS), "torch": torch.__version__, "lightning": lightning.__version__}
 
 
-def quiet() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lstm_grad"):
+@contextlib.contextmanager
+def quiet_and_narrow(threads: int) -> Iterator[None]:
+    """Lightning's and the monitor's console lines down to errors (the findings are in the JSON) and
+    ``threads`` torch threads; both restored on the way out (a test session goes on after it)."""
+    import torch
+
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "lstm_grad")
+    levels, previous = {n: logging.getLogger(n).level for n in names}, torch.get_num_threads()
+    for name in names:
         logging.getLogger(name).setLevel(logging.ERROR)
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -300,28 +341,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/clinic"), help="where the TensorBoard runs go")
     parser.add_argument("--json", type=Path, default=Path("results/clinic.json"))
     parser.add_argument("--page", type=Path, default=Path("docs/clinic.md"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the models are tiny)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the page from the JSON; train nothing")
     args = parser.parse_args(argv)
     if not args.report_only:
+        from experiments.clinic_cases import CASES
+
         unknown = set(args.case or []) - {c["name"] for c in CASES}
         if unknown:
             parser.error(f"unknown case(s) {sorted(unknown)}; cases: {[c['name'] for c in CASES]}")
-        quiet()
         start = time.perf_counter()
         cases = []
-        for case in CASES:
-            if args.case and case["name"] not in args.case:
-                continue
-            cases.append(run_case(case, args.runs))
-            done = cases[-1]
-            print(f"{done['name']}: top {_finding_cell(done['rounds'][0]['findings'])}; named {done['named']}, "
-                  f"cured {done['cured']}, live = offline {done['agree']}", flush=True)
+        with quiet_and_narrow(args.threads):
+            for case in CASES:
+                if args.case and case["name"] not in args.case:
+                    continue
+                cases.append(run_case(case, args.runs))
+                done = cases[-1]
+                print(f"{done['name']}: top {_finding_cell(done['rounds'][0]['findings'])}; named {done['named']}, "
+                      f"cured {done['cured']}, live = offline {done['agree']}", flush=True)
         data = {"command": COMMAND + (f" --case {' '.join(args.case)}" if args.case else ""), **provenance(),
                 "wall_s": time.perf_counter() - start, "runs": sum(len(c["rounds"]) for c in cases),
                 "thresholds": thresholds_used(), "cases": cases}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=1, default=str) + "\n")
         print(f"wrote {args.json}")
+    if not args.json.exists():
+        parser.error(f"{args.json} does not exist; run {COMMAND} first (without --report-only)")
     data = json.loads(args.json.read_text())
     args.page.parent.mkdir(parents=True, exist_ok=True)
     args.page.write_text(render(data))

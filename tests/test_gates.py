@@ -212,12 +212,14 @@ def test_layer_inside_a_container_restores_mode_and_hooks() -> None:
     model = Nested().train()
     x = torch.randn(B, T, F_IN)
     shares = gate_saturation(model, x)
-    assert {key.split("/")[0] for key in shares} == {"rnn.l0", "rnn.l1"}  # recurrent_layers' name "rnn"
+    # the parameter groups' names (was "rnn.l0", "rnn.l1": recurrent_layers dropped the prefix "encoder.")
+    assert {key.split("/")[0] for key in shares} == {"encoder.rnn.l0", "encoder.rnn.l1"}
+    assert {key.split("/")[0] for key in shares} == set(parameter_groups(model).names) - {"head"}
     assert model.training and model.encoder.rnn.training
     assert not model.encoder.rnn._forward_hooks and not model.encoder.rnn._forward_pre_hooks
-    by_path = gate_saturation(model, x, layers=["encoder.rnn"])  # named as given
-    assert shares == {key.removeprefix("encoder."): v for key, v in by_path.items()}
-    assert shares == gate_saturation(model, x, layers={"rnn": model.encoder.rnn})  # no dropout: eval mode
+    assert shares == gate_saturation(model, x, layers=["encoder.rnn"])  # named as given: the same path
+    by_name = gate_saturation(model, x, layers={"rnn": model.encoder.rnn})  # no dropout: eval mode
+    assert shares == {f"encoder.{key}": v for key, v in by_name.items()}
 
 
 class Both(nn.Module):
@@ -241,6 +243,32 @@ def test_lstm_and_gru_in_one_model_named_as_the_parameter_groups() -> None:
     assert set(shares) == lstm_keys | gru_keys
     assert all(0.0 <= v <= 1.0 for v in shares.values())
     assert {key.split("/")[0] for key in shares} == set(parameter_groups(model).names) - {"head"}
+
+
+class Stack(nn.Module):
+    """The clinic's model: single-layer LSTMs in ``layers`` (a ModuleList) and a head, inside a wrapper."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.LSTM(F_IN if i == 0 else H, H, batch_first=True) for i in range(3))
+        self.head = nn.Linear(H, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)[0]
+        return self.head(x[:, -1])
+
+
+def test_gate_layers_are_named_as_the_gradient_groups_of_a_stack_in_a_wrapper() -> None:
+    torch.manual_seed(0)
+    wrapper = nn.ModuleDict({"net": Stack()})  # as a LightningModule holding self.net
+    wrapper.forward = wrapper["net"].forward  # type: ignore[method-assign]
+    wrapper["net"].layers[1].requires_grad_(False)  # a frozen layer keeps its group and its gate name
+    shares = gate_saturation(wrapper, torch.randn(B, T, F_IN))
+    # recurrent_layers alone would say "0", "1", "2": the prefix "net.layers." is shared by the LSTMs only
+    assert [key.split("/")[0] for key in shares][::7] == ["layers.0", "layers.1", "layers.2"]
+    assert parameter_groups(wrapper, "auto", trainable_only=False).names == ["layers.0", "layers.1", "layers.2",
+                                                                             "head"]
 
 
 class GivenState(nn.Module):

@@ -10,60 +10,14 @@ signals are the tags the monitor and the probe log; thresholds and their sources
 from __future__ import annotations
 
 import math
+import re
 import statistics
-from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from lstm_grad.diagnostics import thresholds as T
+from lstm_grad.diagnostics.findings import SEVERITIES, Finding, Series, Signals
 
-SEVERITIES = ("error", "warning", "info")
-Series = dict[int, float]
-
-
-@dataclass
-class Finding:
-    """One diagnosis: ``kind`` (a contract name), ``severity`` (error / warning / info), the ``groups``
-    (the user's module names), the ``steps`` span ``[first, last]``, ``evidence`` (the deciding numbers,
-    the threshold and its source), a one-sentence ``summary`` and the ``fix``; ``strength`` orders
-    findings of one severity (larger = further past the threshold)."""
-
-    kind: str
-    severity: str
-    groups: list[str]
-    steps: list[int]
-    summary: str
-    fix: str
-    evidence: dict[str, Any]
-    strength: float = 0.0
-
-    def lines(self) -> list[str]:
-        """Two or three lines for a person: what and where, the evidence, the fix."""
-        numbers = ", ".join(f"{k} {_fmt(v)}" for k, v in self.evidence.items() if k != "source")
-        return [f"[{self.severity}] {self.kind}: {self.summary}",
-                f"    evidence: {numbers} (threshold source: {self.evidence.get('source', 'n/a')})",
-                f"    fix: {self.fix}"]
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "strength"}
-
-
-@dataclass
-class Signals:
-    """What the doctor reads, every series ``{step: value}`` on logged steps. ``groups`` in model order."""
-
-    groups: list[str]
-    norms: dict[str, Series] = field(default_factory=dict)  # group, "total", "total_clipped"
-    updates: dict[str, Series] = field(default_factory=dict)  # grad_update/<group>
-    loss: Series = field(default_factory=dict)
-    clipped: Series = field(default_factory=dict)
-    reach: Series = field(default_factory=dict)
-    gates: dict[str, Series] = field(default_factory=dict)  # "<layer>/<gate>_closed" shares
-    nonfinite: list[dict[str, Any]] = field(default_factory=list)  # {"step", "groups", "origin"}
-    no_gradient: list[str] = field(default_factory=list)
-    val_rel_mae: Series = field(default_factory=dict)  # forecasters: val MAE / persistence's
-    window: Optional[int] = None
-    clip_value: Optional[float] = None
-    hparams: dict[str, Any] = field(default_factory=dict)  # the forecaster's (model.* / data.*), else {}
+__all__ = ["Finding", "Signals", "depth_ratio", "examine", "layers_of"]
 
 
 def examine(signals: Signals) -> list[Finding]:
@@ -79,14 +33,6 @@ def examine(signals: Signals) -> list[Finding]:
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    return str(value)
-
-
 def _late(series: Series) -> list[float]:
     """The values of the last half of the logged steps (the run's settled state)."""
     steps = sorted(series)
@@ -101,10 +47,18 @@ def _ours(s: Signals) -> bool:
     return "hidden_sizes" in s.hparams
 
 
-def _layers(s: Signals) -> list[str]:
-    """The groups that are layers, in model order: the summary tags and the output head left out."""
-    named = [g for g in s.groups if g in s.norms and g not in ("total", "total_clipped")]
-    return named[:-1] if len(named) > 2 else named
+def layers_of(s: Signals) -> list[str]:
+    """The groups that are layers, in model order: the summary tags, the output head (the last group) and
+    residual projections (``proj_<k>``, which carry the skip, not the layer) left out."""
+    named = [g for g in s.groups if g in s.norms and g not in ("total", "total_clipped")][:-1]
+    return [g for g in named if not re.search(r"(^|\.)proj(_\d+)?$", g)] or named
+
+
+def depth_ratio(s: Signals, first: str, last: str) -> Optional[float]:
+    """Median over the last half of the logged steps of ‖∇first‖ / ‖∇last‖ (None without common steps)."""
+    a, b = s.norms[first], s.norms[last]
+    ratios = [a[x] / b[x] for x in sorted(set(a) & set(b)) if b[x] > 0]
+    return statistics.median(ratios[len(ratios) // 2:]) if ratios else None
 
 
 # ---- rules ------------------------------------------------------------------------------------------
@@ -112,7 +66,9 @@ def _nonfinite(s: Signals) -> list[Finding]:
     if not s.nonfinite:
         return []
     first = s.nonfinite[0]
-    origin = first.get("origin") or f"group {', '.join(first.get('groups') or ['?'])}"
+    groups = ", ".join(first.get("groups") or [])
+    origin = first.get("origin") or (f"group {groups}" if groups else "unknown (this run logged no group; the live "
+                                     "monitor replays the batch and names it)")
     fix = ("--model.lr lower (e.g. a tenth) and keep --trainer.gradient_clip_val 1.0" if _ours(s) else
            "lower the learning rate, clip the gradient, and fix the op named as the origin (a log / sqrt / "
            "division of a value that reaches 0, an overflow in fp16)")
@@ -122,24 +78,31 @@ def _nonfinite(s: Signals) -> list[Finding]:
                      "source": "any NaN or Inf in a gradient"}, strength=len(s.nonfinite))]
 
 
-def _spikes(series: Series) -> list[tuple[int, float, float]]:
-    """(step, value, z) where a value exceeds the mean + k sd of the previous window of logged steps."""
-    steps, out = sorted(series), []
+def _decades(value: float, threshold: float) -> float:
+    """How far past its threshold a value is, in decades (the common scale of ``strength``)."""
+    return math.log10(max(value, 1e-300) / max(threshold, 1e-300))
+
+
+def _spikes(series: Series) -> list[tuple[int, float, float, float]]:
+    """(step, value, z, factor) where a value exceeds the mean + k sd and ``SPIKE_FACTOR`` x the median of
+    the previous window of logged steps."""
+    steps, out = [x for x in sorted(series) if math.isfinite(series[x])], []  # a NaN is the nonfinite rule's
     for i, step in enumerate(steps):
         past = [series[x] for x in steps[max(0, i - T.SPIKE_WINDOW):i]]
         if len(past) < T.SPIKE_MIN_HISTORY:
             continue
         mean, sd = statistics.fmean(past), statistics.pstdev(past)
-        z = (series[step] - mean) / max(sd, 1e-12 * max(abs(mean), 1e-30))
-        if z > T.SPIKE_SIGMAS and math.isfinite(series[step]):
-            out.append((step, series[step], z))
+        z = (series[step] - mean) / max(sd, T.SPIKE_SD_FLOOR * abs(mean), 1e-30)
+        factor = series[step] / max(statistics.median(past), 1e-30)
+        if z > T.SPIKE_SIGMAS and factor >= T.SPIKE_FACTOR:
+            out.append((step, series[step], z, factor))
     return out
 
 
 def _first_mover(s: Signals, step: int) -> str:
     """The group whose norm rose most, relative to its own previous value, at ``step``."""
     best, name = -math.inf, "total"
-    for group in _layers(s) + [g for g in s.groups if g not in _layers(s) and g in s.norms and g != "total"]:
+    for group in layers_of(s) + [g for g in s.groups if g not in layers_of(s) and g in s.norms and g != "total"]:
         series = s.norms.get(group, {})
         before = [series[x] for x in sorted(series) if x < step][-1:]
         if step in series and before and before[0] > 0:
@@ -152,7 +115,7 @@ def _first_mover(s: Signals, step: int) -> str:
 def _exploding(s: Signals) -> list[Finding]:
     total = s.norms.get("total", {})
     spikes = _spikes(total)
-    huge = [(st, v) for st, v in total.items() if v > T.EXPLODE_ABS]
+    huge = [(st, v) for st, v in total.items() if math.isfinite(v) and v > T.EXPLODE_ABS]
     if not spikes and not huge:
         return []
     step, value = (spikes[0][0], spikes[0][1]) if spikes else min(huge)
@@ -163,22 +126,24 @@ def _exploding(s: Signals) -> list[Finding]:
     return [Finding("exploding", "warning", [group], [step, step],
                     f"the total gradient norm spiked to {value:.3g} at step {step}; {group} moved first",
                     fix, {"total_norm": value, "spikes": len(spikes), "sigmas": T.SPIKE_SIGMAS,
-                          "source": T.SPIKE_SOURCE if spikes else T.EXPLODE_ABS_SOURCE},
-                    strength=spikes[0][2] if spikes else value / T.EXPLODE_ABS)]
+                          "factor": T.SPIKE_FACTOR, "source": T.SPIKE_SOURCE} if spikes else
+                    {"total_norm": value, "threshold": T.EXPLODE_ABS, "source": T.EXPLODE_ABS_SOURCE},
+                    strength=_decades(spikes[0][3], T.SPIKE_FACTOR) if spikes else _decades(value, T.EXPLODE_ABS))]
 
 
 def _loss_spike(s: Signals) -> list[Finding]:
     spikes = _spikes(s.loss)
     if not spikes:
         return []
-    step, value, z = spikes[0]
+    step, value, z, factor = spikes[0]
     group = _first_mover(s, step)
     fix = ("a lower --model.lr, or --model.warmup_steps 100" if _ours(s) else
            "a lower learning rate or a warm-up; look at the batch of that step for outliers")
     return [Finding("loss_spike", "warning", [group], [step, spikes[-1][0]],
                     f"the training loss spiked to {value:.3g} at step {step} ({z:.0f} sd); gradient of {group} moved first",
-                    fix, {"loss": value, "z": z, "spikes": len(spikes), "sigmas": T.SPIKE_SIGMAS,
-                          "source": T.SPIKE_SOURCE}, strength=z)]
+                    fix, {"loss": value, "z": z, "times_median": factor, "spikes": len(spikes),
+                          "sigmas": T.SPIKE_SIGMAS, "factor": T.SPIKE_FACTOR, "source": T.SPIKE_SOURCE},
+                    strength=_decades(factor, T.SPIKE_FACTOR))]
 
 
 def _clip_saturated(s: Signals) -> list[Finding]:
@@ -195,30 +160,27 @@ def _clip_saturated(s: Signals) -> list[Finding]:
                     f"clipping changed {rate:.0%} of the logged steps and the median gradient is {ratio:.0f}x the "
                     f"clip value {s.clip_value:g}: the clip value is acting as the learning rate", fix,
                     {"clip_rate": rate, "median_norm_over_clip": ratio, "clip_rate_threshold": T.CLIP_RATE,
-                     "factor_threshold": T.CLIP_FACTOR, "source": T.CLIP_SOURCE}, strength=ratio)]
+                     "factor_threshold": T.CLIP_FACTOR, "source": T.CLIP_SOURCE},
+                    strength=_decades(ratio, T.CLIP_FACTOR))]
 
 
 def _vanishing_depth(s: Signals) -> list[Finding]:
-    layers = _layers(s)
+    layers = layers_of(s)
     if len(layers) < 2:
         return []
     first, last = layers[0], layers[-1]
-    a, b = s.norms[first], s.norms[last]
-    ratios = [a[x] / b[x] for x in sorted(set(a) & set(b)) if b[x] > 0]
-    if not ratios:
-        return []
-    ratio = statistics.median(ratios[len(ratios) // 2:])
-    if ratio >= T.DEPTH_RATIO:
+    ratio = depth_ratio(s, first, last)
+    if ratio is None or ratio >= T.DEPTH_RATIO:
         return []
     fix = ("--model.residual true --model.init orthogonal (configs/residual.yaml), or fewer layers in "
            "--model.hidden_sizes" if _ours(s) else
            "skip (residual) connections or normalisation between layers, an orthogonal / scaled init, fewer "
            "layers; for recurrent layers a gated cell (LSTM / GRU)")
-    return [Finding("vanishing_depth", "warning", [first, last], _span(a),
+    return [Finding("vanishing_depth", "warning", [first, last], _span(s.norms[first]),
                     f"the gradient fades across depth: {first} gets {ratio:.2g}x the gradient of {last} "
                     f"(the layers farthest from and nearest to the output head, in model order)", fix,
                     {"ratio_first_last": ratio, "threshold": T.DEPTH_RATIO, "source": T.DEPTH_RATIO_SOURCE},
-                    strength=-math.log10(max(ratio, 1e-30)))]
+                    strength=_decades(T.DEPTH_RATIO, ratio))]
 
 
 def _short_memory(s: Signals) -> list[Finding]:
@@ -235,7 +197,7 @@ def _short_memory(s: Signals) -> list[Finding]:
                     f"the gradient reaches {reach:.0f} steps back of a {s.window}-step window: the rest of the "
                     "window is not learned from", fix,
                     {"reach": reach, "window": s.window, "share_threshold": T.REACH_SHARE,
-                     "source": T.REACH_SHARE_SOURCE}, strength=s.window / max(reach, 1.0))]
+                     "source": T.REACH_SHARE_SOURCE}, strength=_decades(T.REACH_SHARE * s.window, max(reach, 0.5)))]
 
 
 def _learning_rate(s: Signals) -> list[Finding]:
@@ -254,7 +216,7 @@ def _learning_rate(s: Signals) -> list[Finding]:
                              f"each step moves the weights by {worst:.2g} of their size (rule of thumb ~1e-3): "
                              "the learning rate is far too high", fix,
                              {"update_ratio": worst, "threshold": T.UPDATE_HIGH, "source": T.UPDATE_SOURCE},
-                             strength=worst / T.UPDATE_HIGH))
+                             strength=_decades(worst, T.UPDATE_HIGH)))
     if low and len(low) * 2 >= len(values):
         best = max(low.values())
         fix = f"--model.lr {lr * 100:g}" if _ours(s) and lr else "raise the learning rate ~10-100x"
@@ -262,7 +224,7 @@ def _learning_rate(s: Signals) -> list[Finding]:
                              f"each step moves the weights by at most {best:.2g} of their size (rule of thumb "
                              "~1e-3): the learning rate is far too low", fix,
                              {"update_ratio": best, "threshold": T.UPDATE_LOW, "source": T.UPDATE_SOURCE},
-                             strength=T.UPDATE_LOW / max(best, 1e-30)))
+                             strength=_decades(T.UPDATE_LOW, best)))
     return found
 
 
@@ -281,7 +243,7 @@ def _gate_saturation(s: Signals) -> list[Finding]:
         found.append(Finding("gate_saturation", "warning", [layer], _span(series),
                              f"{share:.0%} of {layer}'s {gate.split('_')[0]} gates are closed: the layer {what}",
                              fix, {"closed_share": share, "threshold": T.GATE_CLOSED, "source": T.GATE_SOURCE},
-                             strength=share))
+                             strength=1.0 + share))  # a shut gate is a cause: ranked as a decade past, and more
     return found
 
 
@@ -300,6 +262,13 @@ def _not_learnable(s: Signals) -> list[Finding]:
     best = min(s.val_rel_mae.values())
     if best < T.NOT_LEARNABLE_REL_MAE:
         return []
+    if best > T.NOT_LEARNABLE_BAND:
+        return [Finding("worse_than_persistence", "info", [], _span(s.val_rel_mae),
+                        f"gradients are healthy but validation is worse than persistence (best rel MAE {best:.3f}): "
+                        "undertrained, or a target the model cannot use",
+                        "--data.target_mode log_return and more --trainer.max_epochs" if _ours(s) else
+                        "train longer, predict the change instead of the level, or compare with persistence first",
+                        {"best_val_rel_mae": best, "band": T.NOT_LEARNABLE_BAND, "source": T.NOT_LEARNABLE_BAND_SOURCE})]
     return [Finding("not_learnable", "info", [], _span(s.val_rel_mae),
                     f"gradients are healthy but validation is no better than persistence (best rel MAE {best:.3f}): "
                     "the limit is the data, not the gradients", "nothing to fix in the network: compare with "
@@ -308,13 +277,11 @@ def _not_learnable(s: Signals) -> list[Finding]:
 
 
 def _healthy(s: Signals) -> Finding:
-    layers = _layers(s)
+    layers = layers_of(s)
     evidence: dict[str, Any] = {"logged_steps": len(s.norms.get("total", {}))}
-    if len(layers) >= 2:
-        a, b = s.norms[layers[0]], s.norms[layers[-1]]
-        common = sorted(set(a) & set(b))
-        if common and b[common[-1]] > 0:
-            evidence["ratio_first_last"] = a[common[-1]] / b[common[-1]]
+    ratio = depth_ratio(s, layers[0], layers[-1]) if len(layers) >= 2 else None
+    if ratio is not None:
+        evidence["ratio_first_last"] = ratio
     if s.clipped:
         evidence["clip_rate"] = statistics.fmean(s.clipped.values())
     if s.reach and s.window:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -62,7 +62,7 @@ def log_range(grids: Iterable[Sequence[Sequence[float]]]) -> tuple[float, float]
 
 
 def draw_heatmap(axis: Any, labels: Sequence[str], rows: Sequence[Sequence[float]], title: str,
-                 vmin: Optional[float] = None, vmax: Optional[float] = None) -> Any:
+                 vmin: float | None = None, vmax: float | None = None) -> Any:
     """Draw probes (rows, oldest on top) x lag (columns, lag 1 at the left) of ‖∂L/∂x_t‖ on ``axis``,
     log colour scale; ``rows`` are time-ordered profiles (last element = lag 1). ``vmin`` / ``vmax``
     fix the colour scale's ends (:func:`log_range` over several maps); by default this map's own
@@ -96,8 +96,8 @@ def group_colours(names: Sequence[str]) -> dict[str, Any]:
 
 
 def draw_norms(axis: Any, norms: Mapping[str, Sequence[tuple[int, float]]], order: Sequence[str], *,
-               emphasis: Optional[Mapping[str, str]] = None, marks: Sequence[tuple[int, str, str]] = (),
-               threshold: Optional[float] = None) -> None:
+               emphasis: Mapping[str, str] | None = None, marks: Sequence[tuple[int, str, str]] = (),
+               threshold: float | None = None) -> None:
     """Draw every group's gradient norm over steps (log scale) on ``axis``, the legend in ``order``
     (the model's): ``total`` dashed black, ``total_clipped`` left out, the groups in ``emphasis``
     thicker with its note in their label, a vertical line per ``marks`` entry ``(step, label, colour)``

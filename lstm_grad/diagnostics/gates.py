@@ -24,10 +24,13 @@ directions of a bidirectional layer together, every call of the module in the fo
     <layer>/<gate>_closed   share below ``low``:  LSTM input, forget; GRU update
     <layer>/<gate>_open     share above ``high``: LSTM input, forget; GRU update
 
-``<layer>`` is the module's name as :func:`~lstm_grad.diagnostics.timegrad.recurrent_layers` gives
-it (the ``grad_act`` tags), plus ``.l<k>`` for layer k of a multi-layer module, as the parameter
-groups split it (``rnn.l0``, ``rnn.l1``); a model that is itself the LSTM / GRU is ``lstm`` /
-``gru``. The tanh candidates (LSTM g, GRU n) are recomputed but not summarised.
+``<layer>`` is, by default, the parameter group that layer k's ``weight_ih_l<k>`` belongs to under
+``parameter_groups(model, "auto", trainable_only=False)`` (the monitor's ``grad_norm/<group>`` names, so
+a gate finding and a gradient finding name one layer alike): ``layers.0``, ``lstm_0``, ``encoder.rnn.l0``
+(``.l<k>`` for layer k of a multi-layer module). A model that is itself the LSTM / GRU (its groups are
+its parameters) is ``lstm`` / ``gru`` (``lstm.l<k>``). With ``layers=`` the names are the ones given,
+plus ``.l<k>`` for a multi-layer module. The tanh candidates (LSTM g, GRU n) are recomputed but not
+summarised.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from lstm_grad.diagnostics.timegrad import recurrent_layers
+from lstm_grad.diagnostics.groups import parameter_groups
 
 GatedRNN = nn.LSTM | nn.GRU
 Hidden = Tensor | tuple[Tensor, Tensor] | None
@@ -152,15 +155,29 @@ def recompute_gates(module: GatedRNN, x: Tensor, hx: Hidden = None, output: Tens
     return layers
 
 
-def _gated(model: nn.Module, layers: Mapping[str, nn.Module] | Sequence[str] | None) -> dict[str, GatedRNN]:
-    if layers is None:  # the model itself an LSTM / GRU: named "lstm" / "gru", not ""
-        return {name or type(m).__name__.lower(): m for name, m in recurrent_layers(model).items()
-                if isinstance(m, (nn.LSTM, nn.GRU))}
+def _gated(model: nn.Module, layers: Mapping[str, nn.Module] | Sequence[str] | None
+           ) -> tuple[dict[str, GatedRNN], dict[str, list[str]]]:
+    """The watched modules ``{name: module}`` and, per module, the names of its layers (see the module
+    docstring: by default the parameter groups' names)."""
+    if layers is None:
+        found = {path: m for path, m in model.named_modules() if isinstance(m, (nn.LSTM, nn.GRU))}
+        if not found:
+            return {}, {}
+        groups = parameter_groups(model, "auto", trainable_only=False)
+        group_of = {name: groups.names[index] for name, _, index in groups.members}
+        watched, names = {}, {}
+        for path, module in found.items():
+            label = path or type(module).__name__.lower()  # the model itself: its groups are its parameters
+            own = [group_of.get(f"{path}.weight_ih_l{k}") if path else None for k in range(module.num_layers)]
+            watched[label] = module
+            names[label] = [g or (f"{label}.l{k}" if module.num_layers > 1 else label) for k, g in enumerate(own)]
+        return watched, names
     chosen = dict(layers) if isinstance(layers, Mapping) else {n: model.get_submodule(n) for n in layers}
     for name, module in chosen.items():
         if not isinstance(module, (nn.LSTM, nn.GRU)):
             raise ValueError(f"layers[{name!r}] is a {type(module).__name__}; gate saturation needs an nn.LSTM or nn.GRU")  # noqa: TRY004
-    return chosen
+    return chosen, {name: [f"{name}.l{k}" if m.num_layers > 1 else name for k in range(m.num_layers)]
+                    for name, m in chosen.items()}
 
 
 def _mismatch(name: str, module: GatedRNN, x: Tensor, output: Tensor, h: Tensor) -> Tensor:
@@ -194,7 +211,7 @@ def gate_saturation(model: nn.Module, x: Any, layers: Mapping[str, nn.Module] | 
     """
     if not 0.0 <= low < high <= 1.0:
         raise ValueError(f"low={low}, high={high}: need 0 <= low < high <= 1")
-    watched = _gated(model, layers)
+    watched, layer_names = _gated(model, layers)
     if not watched:
         return {}
     calls: dict[str, list[tuple[Tensor, Hidden, Tensor | None]]] = {name: [] for name in watched}
@@ -233,8 +250,8 @@ def gate_saturation(model: nn.Module, x: Any, layers: Mapping[str, nn.Module] | 
                 mismatch[name] = torch.maximum(mismatch.get(name, torch.zeros((), device=output.device)),
                                                _mismatch(name, module, inp, output, per_layer[-1]["h"]))
             for k, gates in enumerate(per_layer):
-                layer = f"{name}.l{k}" if module.num_layers > 1 else name
-                _count(gates, SIGMOID_GATES[isinstance(module, nn.LSTM)], layer, low, high, counts, totals)
+                _count(gates, SIGMOID_GATES[isinstance(module, nn.LSTM)], layer_names[name][k], low, high, counts,
+                       totals)
     if not counts:  # the watched modules never ran in this forward
         return {}
     tags = list(counts)
