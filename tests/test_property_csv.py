@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from lstm_grad.data import DataError, GoldDataModule, load_series
@@ -30,6 +30,7 @@ POLICIES = st.fixed_dictionaries({
     "date_column": st.sampled_from([None, None, None, "Date", "nope", "<DTYYYYMMDD>", "time"]),
     "target": st.sampled_from([None, None, None, "Close", "Price", "price", "GLD", "CLOSE"]),
     "last_n_days": st.sampled_from([None, None, 1, 3]),
+    "era": st.sampled_from(["common", "common", "buddhist"]),
 })
 
 HEADERS = [
@@ -44,17 +45,24 @@ HEADERS = [
     ["<DTYYYYMMDD>", "<TIME>", "<OPEN>", "<HIGH>", "<LOW>", "<CLOSE>", "<VOL>"],  # MetaTrader 4
     ["<DATE>", "<TIME>", "<OPEN>", "<HIGH>", "<LOW>", "<CLOSE>", "<TICKVOL>", "<VOL>", "<SPREAD>"],  # MetaTrader 5
     ["time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume"],  # MetaTrader 5 (Python)
+    ["Date", "Time", "Open", "High", "Low", "Close", "Volume"],  # MT4 history / intraday exports, 24 or 12-hour
+    ["Date Time", "Price"],  # one date-and-time column (1/2/2024 1:15:00 PM)
+    ["Gmt time", "Open", "High", "Low", "Close", "Volume"],  # Dukascopy
 ]
-TIME_HEADERS = ("<TIME>",)  # the second column holds a time of day
+TIME_HEADERS = ("<TIME>", "Time")  # the second column holds a time of day
 DATES = st.one_of(
     st.dates(min_value=pd.Timestamp("1900-01-01").date(), max_value=pd.Timestamp("2100-12-31").date()).flatmap(
         lambda d: st.sampled_from([d.isoformat(), d.strftime("%m/%d/%Y"), d.strftime("%d/%m/%Y"),
                                    d.strftime("%Y/%m/%d"), d.strftime("%b %d, %Y"), d.strftime("%d-%b-%y"),
                                    f"{d.isoformat()} 00:00:00-05:00", d.strftime("%m/%d/%y"), d.strftime("%d.%m.%Y"),
                                    d.strftime("%Y%m%d"), d.strftime("%Y.%m.%d"), d.strftime("%Y.%m.%d %H:%M"),
-                                   f"{d.month}/{d.day}/{d.year}"])),
+                                   f"{d.month}/{d.day}/{d.year}", d.strftime("%m/%d/%Y %I:%M:%S %p"),
+                                   d.strftime("%Y-%m-%d %I-%p"), d.strftime("%d.%m.%Y %H:%M:%S.000"),
+                                   f"{d:%d/%m/}{d.year + 543}", f"{d:%d/%m/}{(d.year + 43) % 100:02d}",
+                                   d.strftime("%d.%m.%Y %H:%M:%S.000 GMT+0200")])),
     st.sampled_from(["2024-02-30", "13/13/2024", "0000-00-00", "", "Date", "Highest: 2,100.00", "29/02/2023",
-                     "99999-01-01", "2024-01-01T25:00", "1/1/1", "2024-1-1", "\ufeff2024-01-02"]),
+                     "99999-01-01", "2024-01-01T25:00", "1/1/1", "2024-1-1", "\ufeff2024-01-02", "1/2/2024 13:15 PM",
+                     "1/2/2024 0:15 AM", "2563-12-04", "04/12/63", "2019-08-01 13-PM", "29/02/2567"]),
     st.text(max_size=12),
 )
 NUMBERS = st.one_of(
@@ -67,7 +75,9 @@ NUMBERS = st.one_of(
     st.text(alphabet=st.characters(codec="utf-8"), max_size=8),
 )
 TIMES = st.one_of(st.sampled_from(["000000", "00:00", "00:00:00", "093000", "23:59", "0930", "25:00", "99:99:99",
-                                   "", "-", "12:3", "1:00", "000060"]),
+                                   "", "-", "12:3", "1:00", "000060", "01:15:00 PM", "12:00 AM", "12:30 pm",
+                                   "13:00 PM", "0:15 AM", "1:15 p. m.", "11:59:59.999 PM"]),
+                  st.times().map(lambda t: t.strftime("%I:%M:%S %p")),
                   st.times().map(lambda t: t.strftime("%H%M%S")), st.text(max_size=6))
 CELL = st.one_of(NUMBERS, DATES, TIMES)
 DELIMITERS = st.sampled_from([",", ";", "\t"])
@@ -253,3 +263,74 @@ def test_metatrader_exports_load_exactly(file):
     close = next(c for c in frame.columns if c.casefold() == "close")
     assert frame[close].tolist() == closes
     assert frame.index.tolist() == stamps
+
+
+WEEKDAY_SETS = [(0, 1, 2, 3, 4), (6, 0, 1, 2, 3, 4), tuple(range(7)), (6, 0, 1, 2, 3)]  # Mon-Fri, FX, crypto, Gulf
+BAR_LAYOUTS = {  # how the date (and time) of a bar is written: header, cells of one stamp, day-first
+    "iso": ("Date,Close", lambda t: f"{t:%Y-%m-%d %H:%M}" if t != t.normalize() else f"{t:%Y-%m-%d}", False),
+    "us": ("Date,Close", lambda t: f"{t:%m/%d/%Y}" + (f" {t:%H:%M}" if t != t.normalize() else ""), False),
+    "dot": ("Date,Close", lambda t: f"{t:%d.%m.%Y}" + (f" {t:%H:%M:%S}" if t != t.normalize() else ""), True),
+    "time24": ("Date,Time,Close", lambda t: f"{t:%Y-%m-%d},{t:%H:%M}", False),
+    "time12": ("Date,Time,Close", lambda t: f"{t:%m/%d/%Y},{t:%I:%M:%S %p}", False),  # 01:15:00 PM
+    "ampm": ("Date Time,Close", lambda t: f"{t:%m/%d/%Y %I:%M %p}", False),  # one column, 12-hour
+    "mt4": ("<DTYYYYMMDD>,<TIME>,<CLOSE>", lambda t: f"{t:%Y%m%d},{t:%H%M%S}", False),
+    "tz": ("Datetime,Close", lambda t: f"{t:%Y-%m-%d %H:%M:%S}-05:00", False),  # yfinance
+}
+
+
+@st.composite
+def calendar_files(draw) -> tuple[str, pd.DatetimeIndex, int, bool]:
+    """A regular series of one calendar kind (FX daily with Sunday bars, crypto, Mon-Fri, Sun-Thu; FX,
+    exchange or 7-day intraday sessions of 15 / 30 / 60 / 240 minutes; weekly; monthly / quarterly /
+    yearly) written in one layout, without its last ``holdout`` bars. Returns the text, every bar
+    (as loading must read them), ``holdout`` and ``dayfirst``."""
+    kind = draw(st.sampled_from(["daily", "intraday", "weekly", "monthly"]))
+    monday = pd.Timestamp(draw(st.dates(min_value=pd.Timestamp("2000-01-03").date(),
+                                        max_value=pd.Timestamp("2024-06-30").date())))
+    monday -= pd.Timedelta(days=monday.day_of_week)
+    if kind == "daily":
+        days = pd.date_range(monday, periods=7 * draw(st.integers(3, 20)))
+        stamps = days[days.day_of_week.isin(draw(st.sampled_from(WEEKDAY_SETS)))]
+    elif kind == "intraday":
+        minutes, session = draw(st.sampled_from([15, 30, 60, 240])), draw(st.sampled_from(["fx", "exchange", "7-day"]))
+        grid = pd.date_range(monday, periods=draw(st.integers(3, 4)) * 7 * 1440 // minutes, freq=f"{minutes}min")
+        dow, clock = grid.day_of_week, grid.hour * 60 + grid.minute
+        keep = {"fx": ~(((dow == 4) & (grid.hour >= 22)) | (dow == 5) | ((dow == 6) & (grid.hour < 22))),
+                "exchange": (dow < 5) & (clock >= 570) & (clock <= 930), "7-day": np.ones(len(grid), bool)}[session]
+        stamps = grid[keep]
+    elif kind == "weekly":
+        stamps = pd.date_range(monday + pd.Timedelta(days=draw(st.integers(0, 6))), periods=draw(st.integers(10, 60)),
+                               freq="7D")
+    else:
+        freq = draw(st.sampled_from(["MS", "ME", "BME", "QE", "YS"]))
+        stamps = pd.date_range(monday, periods=draw(st.integers(12, 30)), freq=freq)
+        if freq == "BME":  # only a month ending on a weekend tells the last business day from the last day
+            assume(any(d != d + pd.offsets.MonthEnd(0) for d in stamps[:-4]))
+        assume(stamps[-1] < pd.Timestamp.now())  # a price history has no future bars (those are refused)
+    layouts = list(BAR_LAYOUTS) if kind == "intraday" else ["iso", "us", "dot", "mt4", "tz"]
+    header, cells, dayfirst = BAR_LAYOUTS[draw(st.sampled_from(layouts))]
+    holdout = draw(st.integers(1, 4))
+    written = stamps[:-holdout]
+    text = header + "\n" + "".join(f"{cells(t)},{100 + 0.25 * i}\n" for i, t in enumerate(written))
+    constant_time = len(set(written.time)) == 1 and header.count(",") == 2  # a separate time column that never changes
+    spacing = (written[1:] - written[:-1]).median()
+    if constant_time or (header.startswith("Datetime") and spacing >= pd.Timedelta(hours=20)):
+        stamps = stamps.normalize()  # read as dates: the time of day says nothing
+    return text, pd.DatetimeIndex(stamps, name="date"), holdout, dayfirst
+
+
+@settings(SETTINGS, max_examples=max(EXAMPLES // 5, 10))  # each example writes and parses a file
+@given(file=calendar_files())
+def test_bars_load_exactly_and_the_calendar_continues_them(file):
+    """The loaded timestamps are the written ones, whatever the layout (12-hour times, Sunday bars,
+    intraday sessions); the calendar read from them dates the held-out bars exactly."""
+    from lstm_grad.data.calendar import infer_trading_calendar, next_trading_days
+
+    text, stamps, holdout, dayfirst = file
+    path = FOLDER / "calendar.csv"
+    path.write_text(text)
+    seen = stamps[:-holdout]
+    for duplicates in ("error", "last"):  # "last" has nothing to collapse: every bar has its own time
+        assert load_series(path, dayfirst=dayfirst, duplicates=duplicates).index.equals(seen)
+    calendar = infer_trading_calendar(seen)
+    assert next_trading_days(seen[-1], holdout, calendar).tolist() == stamps[-holdout:].tolist()

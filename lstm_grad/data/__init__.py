@@ -2,8 +2,8 @@
 train-span scalers out, as a Lightning ``GoldDataModule``.
 
 Modules: ``csv_formats`` (read a file), ``columns`` / ``dates`` (recognise them), ``series`` (one clean
-series), ``features`` (the model's inputs), ``windows`` (strided windows), ``calendar`` (future trading
-days), ``sampler`` (resumable shuffle), ``datamodule`` (the DataModule).
+series), ``features`` (the model's inputs), ``windows`` (strided windows), ``calendar`` (how a series
+trades, to date bars past its end), ``sampler`` (resumable shuffle), ``datamodule`` (the DataModule).
 """
 from __future__ import annotations
 

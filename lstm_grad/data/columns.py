@@ -31,9 +31,12 @@ def tokens(name: object) -> tuple[str, ...]:
 
     >>> tokens("EUR/USD"), tokens("<DTYYYYMMDD>"), tokens("GoldPrice"), tokens("Close GC=F")
     (('eur', 'usd'), ('dtyyyymmdd',), ('gold', 'price'), ('close', 'gc', 'f'))
+    >>> tokens("US dollar"), tokens("U.S. Dollars (PM)"), tokens("Australian dollar")  # World Gold Council's names
+    (('usd',), ('usd', 'pm'), ('australian', 'dollar'))
     """
-    found = tuple(t.casefold() for t in _TOKEN.findall(str(name)))
-    return found or (str(name).strip().casefold(),)
+    found = " ".join(t.casefold() for t in _TOKEN.findall(str(name)))
+    found = re.sub(r"\b(?:us|u s) dollars?\b", "usd", found)
+    return tuple(found.split()) or (str(name).strip().casefold(),)
 
 
 def _pair(word: str, base: str) -> bool:

@@ -3,23 +3,30 @@
 Sniffed, not special-cased per site: the delimiter (``,`` ``;`` tab), the header rows (one, or
 the three of ``yf.download(...).to_csv()``: fields, ``Ticker``, ``Date``; MetaTrader's ``<CLOSE>``
 brackets dropped), the date column and its style (``dates.py``: ISO, ``MM/DD/YYYY``, day-first with
-``dayfirst=True``, ``2024-01-02 00:00:00-05:00``, MetaTrader's ``20240102`` / ``2024.01.02`` beside a
-``<TIME>`` column) and the number style (``2,063.70``, ``2063,70`` in semicolon files, ``12.5K`` /
-``1.2M``, ``-0.35%``; ``null`` / ``.`` / ``-`` / empty mean missing). Cleaning policy lives in ``series.py``.
+``dayfirst=True``, ``2024-01-02 00:00:00-05:00``, 12-hour ``1/2/2024 1:15:00 PM``, MetaTrader's
+``20240102`` / ``2024.01.02`` beside a ``<TIME>`` column, Buddhist-era years with ``era="buddhist"``)
+and the number style (``2,063.70``, ``2063,70`` in semicolon files, ``12.5K`` / ``1.2M``, ``-0.35%``;
+``null`` / ``.`` / ``-`` / ``#N/A`` / empty mean missing). Cleaning policy lives in ``series.py``.
 """
 from __future__ import annotations
 
 import csv
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lstm_grad.data.columns import is_date_name, is_time_name, strip_brackets
-from lstm_grad.data.dates import COMPACT_DATE, DATE_LIKE, add_time_of_day, parse_dates, time_of_day_column
+from lstm_grad.data.dates import (
+    COMPACT_DATE,
+    DATE_LIKE,
+    add_time_of_day,
+    parse_dates,
+    time_of_day_column,
+)
 from lstm_grad.data.errors import LOG, DataError
 
 MISSING_MARKERS = frozenset({"", "null", "nan", "na", "n/a", "#n/a", ".", "-", "--", "none", "\u2014"})
@@ -34,11 +41,14 @@ class RawTable:
     values: pd.DataFrame
     lines: np.ndarray
     date_column: str
+    text_columns: list[str] = field(default_factory=list)  # left out: text, not numbers
 
 
 def read_csv_table(path: str | os.PathLike, *, date_column: str | None = None,
-                   dayfirst: bool = False) -> RawTable:
-    """Parse ``path`` into dates plus float columns (NaN where missing) without reordering rows."""
+                   dayfirst: bool = False, era: str = "common") -> RawTable:
+    """Parse ``path`` into dates plus float columns (NaN where missing) without reordering rows.
+
+    ``era="buddhist"``: the dates' years are Buddhist-era years (``dates.parse_dates``)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; check data.source (a CSV path or 'embedded')")
@@ -71,7 +81,7 @@ def read_csv_table(path: str | os.PathLike, *, date_column: str | None = None,
     date_idx = _find_date_column(table, names, date_column, path)
     body_end = _drop_footer(table[date_idx], lines, path)
     table, lines = table.iloc[:body_end], lines[:body_end]
-    dates = parse_dates(table[date_idx], names[date_idx], dayfirst, lines, path)
+    dates = parse_dates(table[date_idx], names[date_idx], dayfirst, lines, path, era)
     time_idx = time_of_day_column(table, names, date_idx)
     if time_idx is not None:
         dates = add_time_of_day(dates, table[time_idx].astype(str).str.strip(), names[time_idx],
@@ -89,7 +99,7 @@ def read_csv_table(path: str | os.PathLike, *, date_column: str | None = None,
     if comma:
         LOG.info("%s: column(s) %s read with ',' as the decimal mark (2.063,70 = 2063.70)", path, comma)
     frame = pd.DataFrame(values, index=pd.RangeIndex(len(table)), dtype="float64")
-    return RawTable(dates=dates, values=frame, lines=lines, date_column=names[date_idx])
+    return RawTable(dates=dates, values=frame, lines=lines, date_column=names[date_idx], text_columns=text)
 
 
 def _split_line(text: str, number: int, delimiter: str, path: Path) -> list[str]:

@@ -15,11 +15,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lstm_grad.data.sampler import EpochShuffle
 from lstm_grad.data.columns import default_target
+from lstm_grad.data.dates import ERAS, parse_end
 from lstm_grad.data.errors import LOG, DataError
-from lstm_grad.data.features import N_DEFAULT_FEATURES, choose_features, parse_feature, require_positive
-from lstm_grad.data.series import DUPLICATE_POLICIES, EMBEDDED, MISSING_POLICIES, check_choice, load_series
+from lstm_grad.data.features import N_DEFAULT_FEATURES, choose_features, parse_feature, require_positive, run_columns
+from lstm_grad.data.sampler import EpochShuffle
+from lstm_grad.data.series import (DUPLICATE_POLICIES, EMBEDDED, MISSING_POLICIES, check_choice, check_target,
+                                   clean_series, read_series, usable_columns)
 from lstm_grad.data.windows import GoldWindows, index_windows, keep_batch, persistence
 from lstm_grad.errors import CheckpointError, ConfigError, UserError
 
@@ -44,7 +46,7 @@ class GoldDataModule(L.LightningDataModule):
                  target_mode: str = "log_return", features: list[str] | None = None, missing: str = "ffill",
                  date_column: str | None = None, dayfirst: bool = False, duplicates: str = "error",
                  split: tuple[float, float, float] = (0.7, 0.1, 0.2), num_workers: int = 0,
-                 end: str | None = None, price_levels: bool = False) -> None:
+                 end: str | None = None, price_levels: bool = False, era: str = "common") -> None:
         """Check the settings; reading the data waits for ``setup``.
 
         The defaults are the commands' default forecaster's data (``--print_config`` shows them), chosen
@@ -70,11 +72,13 @@ class GoldDataModule(L.LightningDataModule):
             missing: missing-value policy: ``ffill`` (up to 5 rows), ``drop`` or ``error``.
             date_column: name of the date column when auto-detection picks the wrong one.
             dayfirst: read ambiguous dates like 02/01/2024 as 2 January.
+            era: ``common``, or ``buddhist`` for a Thai file's Buddhist-era years (2563 = 2020: minus 543).
             duplicates: ``error`` on a repeated date, or ``last`` to keep the file's last row for it.
             split: train, val, test fractions of the rows (by target date), each > 0, summing to 1.
             num_workers: DataLoader worker processes (0 = load in the main process).
-            end: last date to use (ISO, e.g. ``2011-12-30``); later rows are dropped before anything
-                else (features, last_n_days, split): the data as of that day. null = all rows.
+            end: last date to use (ISO, e.g. ``2011-12-30``, or ``2021-02-24 06:00`` for intraday bars); later
+                rows are dropped before anything else (features, last_n_days, split): the data as of that
+                day (a date alone keeps all of that day's bars). null = all rows.
             price_levels: with the default features (data.features null), false replaces each raw price
                 column by its 20-day momentum, so inputs stay in the train span's range when the price
                 trends (``features.without_levels``); true feeds the raw prices (the recipe's).
@@ -83,6 +87,7 @@ class GoldDataModule(L.LightningDataModule):
         check_choice("target_mode", target_mode, TARGET_MODES)
         check_choice("missing", missing, MISSING_POLICIES)
         check_choice("duplicates", duplicates, DUPLICATE_POLICIES)
+        check_choice("era", era, ERAS)
         for name, value, low in (("window", window, 1), ("horizon", horizon, 1), ("batch_size", batch_size, 1),
                                  ("num_workers", num_workers, 0), ("last_n_days", last_n_days or 1, 1)):
             if int(value) != value or value < low:
@@ -99,7 +104,7 @@ class GoldDataModule(L.LightningDataModule):
         self.batch_size, self.target, self.target_mode = batch_size, target, target_mode
         self.features, self.missing, self.date_column = list(features) if features else None, missing, date_column
         self.dayfirst, self.duplicates, self.split, self.num_workers = dayfirst, duplicates, split, num_workers
-        self.end = None if end is None else self._end_date(end)
+        self.end, self.era = parse_end(end), era
         self.price_levels = bool(price_levels)
         self.feature_names: list[str] = list(self.features or [])
         self.target_name: str | None = target
@@ -125,12 +130,16 @@ class GoldDataModule(L.LightningDataModule):
         if self._raw is not None:
             return
         where = self.source
-        frame = load_series(self.source, date_column=self.date_column, target=self.target, dayfirst=self.dayfirst,
-                            missing=self.missing, duplicates=self.duplicates)
-        date_column = frame.attrs.get("date_column", "date")
-        frame = self._cut_at_end(frame, where)
-        target = self.target or default_target(list(frame.columns), where)
-        names, feats = choose_features(frame, target, self.features, self._train_rows, where, self.price_levels)
+        raw = read_series(self.source, date_column=self.date_column, dayfirst=self.dayfirst, era=self.era,
+                          duplicates=self.duplicates, end=self.end)
+        check_target(raw, self.target)
+        target = self.target or default_target(usable_columns(raw), where)
+        # cleaning (row drops, fills, missing-value errors) sees only the columns this run reads
+        frame = clean_series(raw, run_columns(raw, target, self.features, self.missing), target=target,
+                             missing=self.missing)
+        date_column = raw.date_column
+        names, feats = choose_features(frame, target, self.features, self._train_rows, where, self.price_levels,
+                                       available=list(raw.frame.columns))
         if self.last_n_days is not None:
             feats = feats.iloc[-self.last_n_days:]
         prices = frame[target].loc[feats.index]
@@ -268,26 +277,6 @@ class GoldDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Predict over the test span, in date order (``datasets['test'].target_dates``)."""
         return self._loader("test")
-
-    @staticmethod
-    def _end_date(end: str) -> pd.Timestamp:
-        """Parse ``data.end`` (ISO date) or refuse it in one line."""
-        try:
-            return pd.Timestamp(str(end))
-        except ValueError:
-            raise DataError(f"data.end={end!r} is not a date; write it as YYYY-MM-DD or leave it null") from None
-
-    def _cut_at_end(self, frame: pd.DataFrame, where: str) -> pd.DataFrame:
-        """Drop the rows after ``data.end`` (logged); refuse an ``end`` before the first row."""
-        if self.end is None:
-            return frame
-        kept = frame.loc[: self.end]
-        if kept.empty:
-            raise DataError(f"{where}: data.end={self.end:%Y-%m-%d} is before the first row "
-                            f"({frame.index[0]:%Y-%m-%d}); choose a later date or leave it null")
-        if len(kept) < len(frame):
-            LOG.info("%s: dropped %d row(s) after data.end=%s", where, len(frame) - len(kept), f"{self.end:%Y-%m-%d}")
-        return kept
 
     def row_dates(self) -> pd.DatetimeIndex:
         """Return the dates of the rows ``setup`` kept (after data.end, the features' warm-up and

@@ -13,12 +13,16 @@ Rows where a derived feature is still undefined (the warm-up) are dropped from t
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from lstm_grad.data.columns import is_price_like, is_silver, is_volume
 from lstm_grad.data.errors import LOG, DataError
+
+if TYPE_CHECKING:
+    from lstm_grad.data.series import RawSeries
 
 N_DEFAULT_FEATURES = 5
 _DERIVED = {"log_return": 0, "volatility": 1, "momentum": 1}  # kind -> number of integer arguments
@@ -65,9 +69,68 @@ def default_candidates(frame: pd.DataFrame, target: str) -> tuple[list[str], lis
     return chosen, [f for f in spare if f not in chosen]
 
 
+def run_columns(raw: RawSeries, target: str, requested: list[str] | None, missing: str = "ffill",
+                ffill_limit: int = 5) -> list[str]:
+    """Return the columns a run reads: the target and its features' columns, the only ones cleaned.
+
+    Named features: their columns (one line listing the file's columns when one is unknown). Default
+    features: the target and every other non-sparse column that costs none of the target's rows: one
+    that starts later or ends earlier than the target (another currency of a World Gold Council
+    export, an empty ``Vol.`` on Investing.com's newest row), or holds a gap that ``missing`` cannot
+    fill, is left out of the default choice instead, all of them in one log line.
+    """
+    frame, where = raw.frame, raw.where
+    if requested:
+        for name in requested:
+            if parse_feature(name)[1] not in frame.columns:
+                raise DataError(f"{where}: feature '{name}' names an unknown column; available columns: "
+                                f"{list(frame.columns)}; fix data.features")
+        return list(dict.fromkeys([target, *(parse_feature(name)[1] for name in requested)]))
+    observed = frame[target].notna().to_numpy()
+    if not observed.any():
+        return [target]
+    first, stop = int(np.argmax(observed)), len(observed) - int(np.argmax(observed[::-1]))
+    index, observed = frame.index[first:stop], observed[first:stop]
+    kept, left_out = [target], []
+    for column in frame.columns:
+        if column == target:
+            continue
+        values = frame[column].to_numpy(dtype="float64")[first:stop]
+        cost = (f"empty in {int(frame[column].isna().sum())} of {len(frame)} rows" if column in raw.sparse
+                else _row_cost(np.isnan(values), observed, index, missing, ffill_limit))
+        (left_out.append(f"'{column}' ({cost})") if cost else kept.append(column))
+    if left_out:
+        LOG.info("%s: default features leave out column(s) %s: each would cost rows of target '%s' (%s .. %s); "
+                 "name one in data.features to use it anyway", where, ", ".join(left_out), target,
+                 f"{index[0]:%Y-%m-%d}", f"{index[-1]:%Y-%m-%d}")
+    return kept
+
+
+def _row_cost(isna: np.ndarray, observed: np.ndarray, index: pd.DatetimeIndex, missing: str, limit: int) -> str:
+    """Say how a column missing where ``isna`` (N,) would cost rows where the target is ``observed``
+    (N,), over the target's span ``index``; '' when it costs none."""
+    if not isna.any():
+        return ""
+    if isna.all():
+        return "no value while the target has values"
+    if isna[0]:
+        return f"first value on {index[int(np.argmax(~isna))]:%Y-%m-%d}"
+    if isna[-1]:
+        return f"last value on {index[len(isna) - 1 - int(np.argmax(~isna[::-1]))]:%Y-%m-%d}"
+    if missing != "ffill":
+        gaps = isna & observed
+        return f"missing on {int(gaps.sum())} day(s) with a target price (missing={missing})" if gaps.any() else ""
+    run_id = np.cumsum(~isna)
+    runs = np.bincount(run_id[isna])
+    if runs.max() > limit:
+        start = int(np.flatnonzero(isna & (run_id == runs.argmax()))[0])
+        return f"{runs.max()} missing values in a row from {index[start]:%Y-%m-%d}, more than ffill_limit={limit}"
+    return ""
+
+
 def choose_features(frame: pd.DataFrame, target: str, requested: list[str] | None,
                     train_rows: Callable[[pd.DataFrame], pd.DataFrame], where: str,
-                    price_levels: bool = True) -> tuple[list[str], pd.DataFrame]:
+                    price_levels: bool = True, available: list[str] | None = None) -> tuple[list[str], pd.DataFrame]:
     """Return the feature names and their values (N, F), every one finite and non-constant on the train span.
 
     ``train_rows`` maps computed features to their train-span rows (it knows last_n_days and the
@@ -75,20 +138,22 @@ def choose_features(frame: pd.DataFrame, target: str, requested: list[str] | Non
     takes the log of a non-positive value, or is constant / non-finite on the train span. Default
     features (plain or derived) are replaced from the spare list of :func:`default_candidates` in
     order instead, all replacements in one log line; only an exhausted spare list stops the run.
+    ``available``: the file's columns, for the messages (default: ``frame``'s).
     """
+    available = list(frame.columns) if available is None else available
     if requested:
         names = list(requested)
         for name in names:
             problem = name_problem(frame, name, check_log=False)
             if problem:
-                raise DataError(f"{where}: feature '{name}' {problem}; available columns: {list(frame.columns)}; "
+                raise DataError(f"{where}: feature '{name}' {problem}; available columns: {available}; "
                                 "fix data.features")
         feats, warmup = _compute(frame, names, where)
         problems = train_problems(train_rows(feats))
         if problems:
             name, problem = next(iter(problems.items()))
             raise DataError(f"{where}: feature '{name}' {problem}; drop it from data.features or choose "
-                            f"others; available columns: {list(frame.columns)}")
+                            f"others; available columns: {available}")
     else:
         names, spare = default_candidates(frame, target)
         if not price_levels:  # data.price_levels=false: scale-free defaults (see without_levels)

@@ -232,12 +232,14 @@ def _gate_saturation(s: Signals) -> list[Finding]:
     found = []
     for key, series in s.gates.items():
         layer, _, gate = key.rpartition("/")
-        if gate not in ("forget_closed", "input_closed") or not series:
+        if gate not in ("forget_closed", "input_closed", "update_closed") or not series:
             continue
         share = statistics.median(_late(series))
         if share <= T.GATE_CLOSED:
             continue
-        what = "keeps no memory" if gate == "forget_closed" else "writes nothing new"
+        # a shut LSTM forget gate, or a GRU update gate near 0 (h = (1 - z) n + z h: the old state dropped),
+        # keeps no memory; a shut input gate writes nothing
+        what = "writes nothing new" if gate == "input_closed" else "keeps no memory"
         fix = ("--model.forget_bias 1.0 --model.init orthogonal" if _ours(s) else
                "initialise the forget-gate bias to 1 (Keras' unit_forget_bias) and check the input scaling")
         found.append(Finding("gate_saturation", "warning", [layer], _span(series),

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lstm_grad.diagnostics.doctor import Finding, Signals, examine
+from lstm_grad.diagnostics.findings import _fmt
 from lstm_grad.diagnostics.origin import nonfinite_origin
 from lstm_grad.diagnostics.run_signals import CONTEXT_TAG
 from lstm_grad.diagnostics.timegrad import time_reach
 from lstm_grad.diagnostics.tracker import GradientTracker
 
 LOG = logging.getLogger("lstm_grad.diagnostics")
-FORENSIC_KINDS = ("exploding", "loss_spike", "nonfinite")
+FORENSIC_KINDS = ("exploding", "loss_spike")
+AT_THE_END = ("healthy", "not_learnable", "worse_than_persistence")  # judged on the whole run
 
 
 class LiveDoctor:
@@ -89,7 +91,7 @@ class LiveDoctor:
             key = (finding.kind, tuple(finding.groups))
             if finding.kind in ("no_gradient", "nonfinite"):  # the tracker tells those as soon as it knows
                 continue
-            if key in self.told or (finding.kind in ("healthy", "not_learnable") and not final):
+            if key in self.told or (finding.kind in AT_THE_END and not final):
                 continue
             self.told.add(key)
             lines = finding.lines()
@@ -99,7 +101,7 @@ class LiveDoctor:
                     lines.append(f"    the last {len(tracker.recent)} logged steps' per-group values: {path}")
             if finding.severity == "info":
                 LOG.info("%s", "\n".join(lines) if finding.kind != "healthy" else f"{finding.summary} "
-                         f"({', '.join(f'{k} {v}' for k, v in finding.evidence.items() if k != 'source')})")
+                         f"({', '.join(f'{k} {_fmt(v)}' for k, v in finding.evidence.items() if k != 'source')})")
             else:
                 self.warn("\n".join(lines))
             new.append(finding)
@@ -124,6 +126,15 @@ class LiveDoctor:
             event["origin"] = origin.describe()
             self.warn(f"where step {event['step']}'s NaN / Inf came from: {origin.describe()} (found by replaying "
                       "that batch with hooks)")
+
+    def nonfinite_forensics(self, tracker: GradientTracker, event: dict[str, Any], run_dir: str) -> None:
+        """Write the last logged steps' per-group values beside the run for a non-finite step; say where."""
+        finding = Finding("nonfinite", "error", list(event.get("groups") or []), [event["step"], event["step"]],
+                          f"non-finite gradient at step {event['step']}", "", {"source": "any NaN or Inf in a gradient"})
+        path = self.write_forensics(tracker, finding, run_dir)
+        if path:
+            event["forensics"] = path
+            self.warn(f"the last {len(tracker.recent)} logged steps before the non-finite step {event['step']}: {path}")
 
     def write_forensics(self, tracker: GradientTracker, finding: Finding, run_dir: str) -> Optional[str]:
         """Write the kept per-group values of the last logged steps as JSON beside the run."""

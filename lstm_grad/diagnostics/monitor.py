@@ -63,8 +63,8 @@ class GradientMonitor(Callback):
         check_every_step: also check finiteness on steps the logger does not write (one fused pass
             and one read of the result there); off = nothing at all is computed on those steps.
             ``None`` (default): decided by what it costs. Off on an accelerator, where the read would
-            be a host sync per step. On the CPU it starts on, and after the first ``AUTO_SAMPLES``
-            unlogged steps stays on only if its median time is at most ``AUTO_BUDGET`` (0.5 %) of the
+            be a host sync per step. On the CPU it starts on, and after the first ``check_budget.SAMPLES``
+            unlogged steps stays on only if its median time is at most ``check_budget.BUDGET`` (0.5 %) of the
             median step (on a 50 M-parameter model it was 2.4 %; on the 3-layer LSTM 0.3 %:
             ``python -m benchmarks.bench``); the choice is logged once.
         log_histograms_every_n_epochs: a histogram of each group's gradient every n epochs (0 = never).
@@ -94,7 +94,7 @@ class GradientMonitor(Callback):
         self.budget: Optional[CheckBudget] = None  # open while the automatic per-step check is being decided
         self.doctor = LiveDoctor(self._tell)
         self._batch: Optional[tuple[Any, int]] = None
-        self._replay: Optional[int] = None  # a non-finite step whose origin is still to be found
+        self._replay: Optional[GradientTracker] = None  # a tracker whose last non-finite step awaits its origin
 
     # ---- what tests and users read -------------------------------------------------------------------
     health = property(lambda self: self.tracker.health, doc="The first optimizer's vanishing / exploding state.")
@@ -151,7 +151,8 @@ class GradientMonitor(Callback):
                 LOG.info("GradientMonitor: finiteness checked on logged steps only (parameters on %s, where a "
                          "per-step check is a host sync; set check_every_step to choose)", device)
         self._set_check(bool(self.check_every_step))
-        self.doctor.clip_value = float(trainer.gradient_clip_val) if trainer.gradient_clip_val else None
+        by_norm = (trainer.gradient_clip_algorithm or "norm") == "norm"  # a value clip is no norm to compare
+        self.doctor.clip_value = float(trainer.gradient_clip_val) if trainer.gradient_clip_val and by_norm else None
         data = getattr(trainer, "datamodule", None)
         self.doctor.hparams = {**dict(getattr(data, "hparams", {}) or {}), **dict(getattr(pl_module, "hparams", {}) or {})}
         self._install(pl_module)
@@ -258,17 +259,18 @@ class GradientMonitor(Callback):
             self._after_clip(pl_module, optimizer, clip_may_act=True)
             return
         self._before_clip(pl_module, optimizer)
-        if not pl_module.automatic_optimization:  # no clipping hook follows
-            self._after_clip(pl_module, optimizer, clip_may_act=False)
+        if not pl_module.automatic_optimization:  # no clipping hook follows; any clipping was unseen
+            self._after_clip(pl_module, optimizer, clip_may_act=False, clip_known=False)
 
-    def _after_clip(self, pl_module: Any, optimizer: torch.optim.Optimizer, clip_may_act: bool) -> None:
+    def _after_clip(self, pl_module: Any, optimizer: torch.optim.Optimizer, clip_may_act: bool,
+                    clip_known: bool = True) -> None:
         if self.off:
             return
         trainer = pl_module.trainer
         try:
             tracker, prefix = self._tracker_of(trainer, raw_optimizer(optimizer))
-            result = tracker.after_clip(clip_may_act)
-            self._publish(trainer, result, prefix)
+            result = tracker.after_clip(clip_may_act, clip_known)
+            self._publish(trainer, tracker, result, prefix)
         except FloatingPointError:
             raise  # on_nonfinite="raise": the user asked for it
         except Exception as error:
@@ -277,18 +279,23 @@ class GradientMonitor(Callback):
     def _replay_origin(self, trainer: Any, pl_module: Any) -> None:
         """Name where a non-finite gradient was born (:meth:`LiveDoctor.replay_origin`): the update was
         skipped, so the weights are still the ones that made it."""
-        event, self._replay = self.tracker.nonfinite_events[-1], None
+        tracker, self._replay = self._replay, None
+        event = tracker.nonfinite_events[-1]
+        run_dir = next((getattr(logger, "log_dir", None) for logger in trainer.loggers), None)
+        if run_dir and trainer.is_global_zero:
+            self.doctor.nonfinite_forensics(tracker, event, run_dir)
         if pl_module.automatic_optimization and self._batch is not None:
             self.doctor.replay_origin(pl_module, *self._batch, event)
 
-    def _publish(self, trainer: Any, result: StepResult, prefix: str) -> None:
+    def _publish(self, trainer: Any, tracker: GradientTracker, result: StepResult, prefix: str) -> None:
         """Write the tags at ``self.log``'s step (loggers write on rank 0 only; every rank holds the same
         all-reduced norms). ``self.log`` would re-write a key's last value on a later logged step that
         does not log it (a non-finite step): a stale point."""
         if result.stop:
             trainer.should_stop = True
-        if result.nonfinite and self._replay is None and "origin" not in self.tracker.nonfinite_events[-1]:
-            self._replay = result.step  # after the batch, where training_step may be called again
+        if result.nonfinite and self._replay is None and tracker.nonfinite_events and \
+                "origin" not in tracker.nonfinite_events[-1]:
+            self._replay = tracker  # after the batch, where training_step may be called again
         if not result.tags:
             return
         tags = {_prefixed(k, prefix): v for k, v in result.tags.items()} if prefix else result.tags

@@ -195,10 +195,12 @@ class GradientTracker:
         with_max = log and "max" in self.stats
         self._pending = _Pending(step, log, key, optimizer, measure(groups, scale, with_max), groups, scaler_active, epoch)
 
-    def after_clip(self, clip_may_act: bool = True) -> StepResult:
+    def after_clip(self, clip_may_act: bool = True, clip_known: bool = True) -> StepResult:
         """Finish the step queued by :meth:`before_clip`, after any clipping: measure the post-clip
         total (when ``clip_may_act``), read everything with ONE host sync, skip a non-finite update,
-        return the tags and warn on vanishing / exploding groups."""
+        return the tags and warn on vanishing / exploding groups. ``clip_known=False``: the norms were
+        taken where clipping may already have acted unseen (manual optimization that clips by itself), so
+        no ``total_clipped`` / ``clipped`` / ``clip_rate`` is claimed."""
         pending, self._pending = self._pending, None
         if pending is None:
             return StepResult(-1)
@@ -222,13 +224,14 @@ class GradientTracker:
         self._with_gradient.update(present)
         self._logged_by_optimizer[pending.key] = self._logged_by_optimizer.get(pending.key, 0) + 1
         numel = dict(zip(measured.keys, measured.numel)) if "rms" in self.stats else None
-        tags = tag_scalars(norms, after, numel)
+        tags = tag_scalars(norms, after if clip_known else None, numel)
         tags.update({f"grad_max/{k}": v for k, v in maxima.items() if k in norms})
-        tags["grad_health/clip_rate"] = self.health.clip_rate(was_clipped(norms["total"], after))
-        self.last_step, self.last_norms = pending.step, {**norms, "total_clipped": after}
+        if clip_known:
+            tags["grad_health/clip_rate"] = self.health.clip_rate(was_clipped(norms["total"], after))
+            self.clipped_series[pending.step] = tags["grad_health/clipped"]
+        self.last_step, self.last_norms = pending.step, {**norms, **({"total_clipped": after} if clip_known else {})}
         for group, value in self.last_norms.items():
             self.norm_series.setdefault(group, {})[pending.step] = value
-        self.clipped_series[pending.step] = tags["grad_health/clipped"]
         self.recent.append({"step": pending.step, "norms": self.last_norms, "maxima": maxima})
         for message in self.health.update(pending.step, norms, present):
             self.warn(message)
