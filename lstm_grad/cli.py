@@ -3,14 +3,17 @@
 The data module knows the number of features and the horizon; they are linked into the model, so
 a user never types them twice. Checkpointing (``last.ckpt`` every epoch, the best by ``val/loss``),
 early stopping, the prediction writer, the gradient monitor, the gradient-through-time probe and
-TensorBoard logging under ``runs/`` are on by default and configurable as ``--checkpoint.*``,
-``--early_stopping.*``, ``--predictions.*``, ``--gradient_monitor.*``, ``--time_probe.*``, ``--trainer.logger.*``.
+TensorBoard logging under ``runs/<config>-<source>/version_N`` are on by default and configurable as
+``--checkpoint.*``, ``--early_stopping.*``, ``--predictions.*``, ``--gradient_monitor.*``, ``--time_probe.*``,
+``--trainer.logger.*``.
 """
 
 from __future__ import annotations
 
+import logging
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -19,10 +22,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from lstm_grad.diagnostics.monitor import GradientMonitor
 from lstm_grad.diagnostics.probe import TimeGradientProbe
-from lstm_grad.training.callbacks import EpochTimer, PredictionWriter
+from lstm_grad.training.callbacks import DiscardRefusedRun, EpochTimer, PredictionWriter, RunCard, RunKind
 from lstm_grad.training import checkpoints
 from lstm_grad.training.compat import read_checkpoint
-from lstm_grad.training.run_dirs import resume_version
+from lstm_grad.training.run_dirs import NAME_TEMPLATE, resume_version, run_name
 from lstm_grad.training.console import release_logs
 from lstm_grad.training.entry import main_of, one_line, run_command
 from lstm_grad.data import GoldDataModule
@@ -30,6 +33,7 @@ from lstm_grad.errors import ConfigError, UserError
 from lstm_grad.forecaster.module import LSTMForecaster
 
 run_guarded = run_command  # the name the commands' tests import
+log = logging.getLogger("lstm_grad.cli")
 
 # The default forecaster is LSTMForecaster's and GoldDataModule's own signature (``--print_config`` shows it);
 # the recipe's configs pin the recipe's values. The trainer's defaults are these; the configs state only
@@ -41,15 +45,20 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "log_every_n_steps": 10,
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "runs", "name": "lstm_grad", "default_hp_metric": False},
+        "init_args": {"save_dir": "runs", "name": NAME_TEMPLATE, "default_hp_metric": False},
     },
 }
 
 
 class GoldCLI(LightningCLI):
-    """LightningCLI over ``LSTMForecaster`` and ``GoldDataModule`` with the project's callbacks."""
+    """LightningCLI over ``LSTMForecaster`` and ``GoldDataModule`` with the project's callbacks.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    ``run_kind`` marks the checkpoints with the command that trains (``fit``; ``tune`` and ``backtest``
+    for their trials and folds), so that ``--ckpt_path last`` / ``best`` find the user's fits.
+    """
+
+    def __init__(self, *args: Any, run_kind: str = "fit", **kwargs: Any) -> None:
+        self.run_kind, self._named = run_kind, False
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -87,17 +96,25 @@ class GoldCLI(LightningCLI):
             read_checkpoint(path)
 
     def before_instantiate_classes(self) -> None:
-        """Resolve ``--ckpt_path last`` to the newest run that has one; load with ``weights_only=True``."""
+        """Name the run folder by config and source; resolve ``--ckpt_path last`` to the newest run of that
+        name that has one; load with ``weights_only=True``."""
         config = self.config.get(str(self.subcommand), self.config)
         if "weights_only" in config and config.weights_only is None:
             config.weights_only = True  # plain tensors and containers only: our checkpoints need no more
         logger = config.trainer.logger
         init = getattr(logger, "init_args", None)
-        if (config.get("ckpt_path") == "last" and config.checkpoint.dirpath is None and init is not None
-                and "TensorBoardLogger" in str(logger.class_path) and init.version is None):
+        tensorboard = init is not None and "TensorBoardLogger" in str(getattr(logger, "class_path", ""))
+        if tensorboard and isinstance(init.name, str) and ("{config}" in init.name or "{source}" in init.name):
+            init.name = run_name(init.name, [str(c) for c in (config.get("config") or self.config.get("config") or [])],
+                                 config.data.get("source") if "data" in config else None)
+            self._named = True
+        if (config.get("ckpt_path") == "last" and config.checkpoint.dirpath is None and tensorboard
+                and init.version is None):
             version = resume_version(init.save_dir, init.name)
             if version is not None:  # same folder: the TensorBoard run and last.ckpt continue there
                 init.version = version
+                log.info("--ckpt_path last: resuming %s, the newest run of this config and source",
+                         Path(init.save_dir, init.name, f"version_{version}"))
 
     def instantiate_classes(self) -> None:
         """Build the model, data, callbacks and trainer; a setting one of them refuses is a ConfigError:
@@ -117,7 +134,10 @@ class GoldCLI(LightningCLI):
         """Build the Trainer with atomic checkpoint writes, per-epoch reseeding (exact resume) and the
         release of held log lines once the data is set up."""
         trainer = checkpoints.install(super().instantiate_trainer(**kwargs))
-        trainer.callbacks.append(ReleaseLogs())
+        trainer.callbacks.extend([ReleaseLogs(), RunKind(self.run_kind), RunCard(), DiscardRefusedRun()])
+        if self._named and trainer.log_dir:
+            log.info("run folder: %s (named by config and data source; --trainer.logger.init_args.name sets another)",
+                     trainer.log_dir)
         return trainer
 
 

@@ -13,7 +13,11 @@ is used once, at the end, by the best trial only.
 ``--n_trials N`` is the number of finished (complete or pruned) trials the study should hold:
 with ``--storage sqlite:///study.db`` or ``--storage study.journal`` (an Optuna journal file),
 the same command started in several processes (or on several machines sharing the file or
-database) works on one study, and rerunning it after a kill resumes until N trials are done.
+database), all at once on a new storage too, works on one study and every process stops when it
+holds N (``lstm_grad.training.study``); rerunning it after a kill resumes until N trials are done.
+Each process then writes the best config and tests the best trial; the files are replaced whole.
+Parameter importances are plotted from ``MIN_TRIALS_FOR_IMPORTANCE`` completed trials on: with fewer,
+the ranking is noise (three trials rank whichever parameter happened to vary with the luck of the draw).
 
 Needs the optional extra: ``pip install -e ".[tune]"``.
 """
@@ -21,7 +25,6 @@ Needs the optional extra: ``pip install -e ".[tune]"``.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import shutil
 import sys
@@ -39,9 +42,11 @@ from lstm_grad.fit import FitCLI, results_table
 from lstm_grad.training.console import QuietRuns
 from lstm_grad.training.entry import main_of
 from lstm_grad.training.parallel import require_extra
+from lstm_grad.training.run_dirs import write_atomic
+from lstm_grad.training.study import SURPLUS, claimed, open_storage, process_started, run_until
 
-log = logging.getLogger(__name__)
 OBJECTIVE = "val/mase"
+MIN_TRIALS_FOR_IMPORTANCE = 10  # completed trials before parameter importances are plotted
 #: before the user's flags (they may change them): trials print one line each, not a progress bar
 TRIAL_DEFAULTS = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
@@ -67,21 +72,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, fit_args
 
 
-def open_storage(url: str | None) -> Any:
-    """In memory (None), a database URL (``sqlite:///study.db``) or an Optuna journal file (any path)."""
-    if url is None or "://" in url:
-        return url
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    try:
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
-    except OSError as error:
-        raise ConfigError(f"--storage {url}: cannot open the journal file ({error.strerror or error}); "
-                          "choose another path") from None
-
-
 def trial_flags(study_dir: Path, number: int) -> list[str]:
     """Flags after the user's: the trial's folder, and selection / early stopping on the objective."""
     return ["--trainer.logger.init_args.save_dir", str(study_dir), "--trainer.logger.init_args.name=",
@@ -105,7 +95,7 @@ def objective(trial: Any, space: dict[str, dict[str, Any]], fit_args: list[str],
     values = search_space.suggest(trial, space)
     shutil.rmtree(study_dir / f"trial_{trial.number}", ignore_errors=True)  # a rerun never mixes event files
     cli = FitCLI(args=[*TRIAL_DEFAULTS, *fit_args, *search_space.as_flags(values), *trial_flags(study_dir, trial.number)],
-                 run=False)
+                 run=False, run_kind="tune")
     trainer = cli.trainer
     trial.set_user_attr("log_dir", str(trainer.log_dir))
     trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=OBJECTIVE))
@@ -117,7 +107,7 @@ def objective(trial: Any, space: dict[str, dict[str, Any]], fit_args: list[str],
     return float(score) if score is not None else math.nan
 
 
-def progress_line(study: Any, trial: Any) -> None:
+def progress_line(trial: Any) -> None:
     """Print one line per finished trial: number, state, val MASE, time, params."""
     state = trial.state.name.lower()
     if trial.value is not None:
@@ -142,48 +132,66 @@ def finished(study: Any) -> int:
 def write_best_config(best: Any, study_name: str, path: Path) -> Path:
     """Write the best trial's full fit config (its ``config.yaml``) as a config for ``lstm_grad.fit``."""
     config = yaml.safe_load((Path(best.user_attrs["log_dir"]) / "config.yaml").read_text())
-    config["trainer"]["logger"]["init_args"].update({"save_dir": "runs", "name": f"tuned_{study_name}", "version": None})
+    config["trainer"]["logger"]["init_args"].update({"save_dir": "runs", "name": f"tuned_{study_name}-{{source}}",
+                                                  "version": None})
     config["trainer"].update({"enable_progress_bar": True, "enable_model_summary": True})
     config.pop("ckpt_path", None)  # fit's resume flag: a config without it also serves `lstm_grad.cli fit`
     params = ", ".join(f"{k}={v}" for k, v in search_space.decode(best.params).items())
     header = (f"# Best trial {best.number} of Optuna study '{study_name}': validation MASE {best.value:.6g}\n"
               f"# tuned: {params}\n# checkpoint selection and early stopping follow val/mase (the tuning objective)\n"
               f"# python -m lstm_grad.fit --config {path}\n")
-    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    write_atomic(path, lambda tmp: tmp.write_text(header + yaml.safe_dump(config, sort_keys=False)))
     return path
 
 
 def evaluate_on_test(best: Any) -> dict[str, float]:
-    """Test (and predict) the best trial's best checkpoint: the only use of the test span."""
-    cli = FitCLI(args=["--config", str(Path(best.user_attrs["log_dir"]) / "config.yaml")], run=False)
+    """Test (and predict) the best trial's best checkpoint: the only use of the test span.
+
+    The trial's ``config.yaml`` is read, never written again (``save_config_callback=None``): another
+    process of the same study may be reading it at this moment.
+    """
+    cli = FitCLI(args=["--config", str(Path(best.user_attrs["log_dir"]) / "config.yaml")], run=False,
+                 save_config_callback=None, run_kind="tune")
     ckpt = best.user_attrs["best_checkpoint"]
     tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
     cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, return_predictions=False, weights_only=True)
     return {k: float(v) for k, v in tested[0].items()}
 
 
-def write_plots(study: Any, study_dir: Path) -> list[Path]:
-    """Optuna's optimization history and parameter importances as PNG (matplotlib backend)."""
+def write_plots(study: Any, study_dir: Path) -> tuple[list[Path], list[str]]:
+    """Write Optuna's optimization history and parameter importances as PNG (matplotlib backend); return
+    the files written and one line per plot left out, saying why.
+
+    Importances need ``MIN_TRIALS_FOR_IMPORTANCE`` completed trials: from fewer, fANOVA ranks noise
+    (after three trials it put dropout first where the target mode had decided every trial).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
-    paths = []
+    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    paths, skipped = [], []
     for name, plot in (("history", plot_optimization_history), ("importance", plot_param_importances)):
+        path = study_dir / f"{name}.png"
+        if name == "importance" and completed < MIN_TRIALS_FOR_IMPORTANCE:
+            path.unlink(missing_ok=True)  # an older ranking would pass for this study's
+            skipped.append(f"no importance plot: {completed} completed trial(s) rank nothing; parameter importances "
+                           f"need >= {MIN_TRIALS_FOR_IMPORTANCE} (raise --n_trials)")
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ExperimentalWarning of the matplotlib backend
             try:
                 axes = plot(study)
-            except (RuntimeError, ValueError) as error:  # e.g. importances need 2+ completed trials
-                log.info("%s plot skipped: %s", name, " ".join(str(error).split()))
+            except (RuntimeError, ValueError) as error:  # e.g. every completed value equal
+                skipped.append(f"no {name} plot: {' '.join(str(error).split())}")
                 continue
-        path = study_dir / f"{name}.png"
-        axes.figure.savefig(path, dpi=120, bbox_inches="tight")
+        write_atomic(path, lambda tmp, figure=axes.figure: figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
         plt.close(axes.figure)
         paths.append(path)
-    return paths
+    return paths, skipped
 
 
 def tune(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -205,6 +213,7 @@ def run_study(args: argparse.Namespace, fit_args: list[str], space: dict[str, di
     """Create or load the study, run the trials still missing, then write and test the best one."""
     import optuna
 
+    since = process_started()  # trials running in processes started with this one (or later) count
     study_dir = Path(args.out) / args.study_name
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
@@ -215,12 +224,11 @@ def run_study(args: argparse.Namespace, fit_args: list[str], space: dict[str, di
         study_name=args.study_name, storage=open_storage(args.storage), direction="minimize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
         pruner=optuna.pruners.MedianPruner(args.pruner_startup_trials, args.pruner_warmup_epochs))
-    todo = args.n_trials - finished(study)
-    print(f"study '{args.study_name}': {finished(study)} of {args.n_trials} trials finished; running up to "
-          f"{max(todo, 0)} here; objective {OBJECTIVE} (min); runs under {study_dir}", flush=True)
-    if todo > 0:
-        stop = optuna.study.MaxTrialsCallback(args.n_trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                     optuna.trial.TrialState.PRUNED))
+    done, busy = finished(study), claimed(study, since) - finished(study)
+    print(f"study '{args.study_name}': {done} of {args.n_trials} trials finished{f', {busy} running' if busy else ''}; "
+          f"running trials here until it holds {args.n_trials}; objective {OBJECTIVE} (min); runs under {study_dir}",
+          flush=True)
+    if claimed(study, since) < args.n_trials:
 
         def once(trial: Any) -> float:
             value = objective(trial, space, fit_args, study_dir)
@@ -229,8 +237,9 @@ def run_study(args: argparse.Namespace, fit_args: list[str], space: dict[str, di
             return value
 
         started = time.perf_counter()
-        study.optimize(once, n_trials=todo, timeout=args.timeout, callbacks=[stop, progress_line])
-        print(f"trials done in {time.perf_counter() - started:.0f} s", flush=True)
+        ran = run_until(study, args.n_trials, once, since, args.timeout, progress_line)
+        print(f"{ran} trial(s) done here in {time.perf_counter() - started:.0f} s; the study holds {finished(study)}",
+              flush=True)
     try:
         best = study.best_trial
     except ValueError:
@@ -238,21 +247,31 @@ def run_study(args: argparse.Namespace, fit_args: list[str], space: dict[str, di
                           f"see the trial lines above (widen the space or train longer)") from None
     config = write_best_config(best, args.study_name, study_dir / "best.yaml")
     metrics = evaluate_on_test(best)
-    study.trials_dataframe().to_csv(study_dir / "trials.csv", index=False)
-    plots = write_plots(study, study_dir)
+    write_atomic(study_dir / "trials.csv", lambda tmp: trials_table(study).to_csv(tmp, index=False))
+    plots, skipped = write_plots(study, study_dir)
     return {"study": study, "best": best, "metrics": metrics, "config": config, "plots": plots,
-            "trials_csv": study_dir / "trials.csv"}
+            "plots_skipped": skipped, "trials_csv": study_dir / "trials.csv"}
+
+
+def trials_table(study: Any) -> Any:
+    """Optuna's trials table without the trials closed unrun because the study was already full."""
+    table = study.trials_dataframe()
+    column = f"user_attrs_{SURPLUS}"
+    if column in table:
+        table = table[table[column].isna()].drop(columns=column)
+    return table
 
 
 def report(result: dict[str, Any]) -> str:
     best = result["best"]
     params = "\n".join(f"  {k}: {v}" for k, v in search_space.decode(best.params).items())
     return "\n".join([
-        "", f"best trial {best.number}: val MASE {best.value:.4f} (of {len(result['study'].trials)} trials)", params,
+        "", f"best trial {best.number}: val MASE {best.value:.4f} (of {finished(result['study'])} finished trials)", params,
         f"best config: {result['config']}  ->  python -m lstm_grad.fit --config {result['config']}",
         f"test span, best trial's best checkpoint ({best.user_attrs['best_checkpoint']}):",
         results_table(result["metrics"]),
         f"trial log: {result['trials_csv']}; plots: {', '.join(str(p) for p in result['plots']) or 'none'}",
+        *result.get("plots_skipped", []),
         f"TensorBoard: tensorboard --logdir {Path(result['config']).parent}",
     ])
 

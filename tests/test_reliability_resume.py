@@ -84,7 +84,7 @@ def test_sigkill_mid_epoch_then_resume_last_equals_uninterrupted_run(tmp_path, t
             assert victim.poll() is None, victim.stderr.read()[-2000:]
             assert time.monotonic() < deadline, "the run never reached epoch 2"
             time.sleep(0.1)
-        last = killed / "runs/lstm_grad/version_0/checkpoints/last.ckpt"
+        last = killed / "runs/beacon-gold/version_0/checkpoints/last.ckpt"
         saved = torch.load(last, weights_only=True)
         assert saved["epoch"] == 1 and saved["global_step"] == 20  # epochs 0 and 1 done, 10 batches each
         assert (killed / "inside").read_text() == "2 22"  # the process is 2 steps into epoch 2
@@ -100,9 +100,9 @@ def test_sigkill_mid_epoch_then_resume_last_equals_uninterrupted_run(tmp_path, t
                              env=environment(killed), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Restoring states from the checkpoint path" in resumed.stderr
-    assert not list((killed / "runs/lstm_grad").glob("version_1")), "the resumed run must continue version_0"
+    assert not list((killed / "runs/beacon-gold").glob("version_1")), "the resumed run must continue version_0"
 
-    run_a, run_b = reference / "runs/lstm_grad/version_0", killed / "runs/lstm_grad/version_0"
+    run_a, run_b = reference / "runs/beacon-gold/version_0", killed / "runs/beacon-gold/version_0"
     final_a, final_b = weights(run_a / "checkpoints/last.ckpt"), weights(run_b / "checkpoints/last.ckpt")
     assert final_a.keys() == final_b.keys()
     for name in final_a:

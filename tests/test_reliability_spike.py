@@ -44,7 +44,7 @@ def start(folder: Path, csv: Path, lr: str, *extra: str) -> subprocess.Popen:
 
 
 def last_checkpoint(folder: Path) -> dict:
-    return torch.load(folder / "runs/lstm_grad/version_0/checkpoints/last.ckpt", weights_only=True)
+    return torch.load(folder / "runs/default-spike/version_0/checkpoints/last.ckpt", weights_only=True)
 
 
 def finite(checkpoint: dict) -> bool:

@@ -3,14 +3,25 @@
 Each recurrent layer is its own single-layer ``nn.LSTM`` (or ``nn.GRU``) registered as a top-level
 child ``lstm_0 .. lstm_{k-1}``, so every layer has its own parameters (and so its own gradient norm)
 and a residual add can sit between two layers.
+
+Low precision: a recurrent layer runs in bf16 / fp16 (``bf16-mixed``, ``bf16-true``, ``16-mixed`` on the
+CPU) only where the device has a kernel for it. oneDNN builds its bf16 LSTM only on CPUs with bf16 /
+AVX-512 support; elsewhere ``nn.LSTM`` under a bf16 autocast raises "could not create a primitive
+descriptor for the LSTM forward propagation primitive". There the recurrent layers run in float32
+(autocast off, input and weights cast up) and everything else stays in the low precision; one log line
+says so (:func:`recurrent_kernel_ok`, probed once per process, cell, device and dtype).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 INITS = ("orthogonal", "default", "glorot")
@@ -91,7 +102,7 @@ class ResidualLSTM(nn.Module):
         # B batch, T window, F features, H_i width of layer i, H horizon
         last = self.layer_names[-1]
         for name in self.layer_names:
-            out, _ = getattr(self, name)(x)  # (B, T, H_{i-1}) -> (B, T, H_i)
+            out = run_recurrent(getattr(self, name), x)  # (B, T, H_{i-1}) -> (B, T, H_i)
             if name == last:  # only the last time step reaches the head: no dropout or skip on the rest
                 out, x = out[:, -1], x[:, -1]  # (B, H_last), (B, H_{last-1})
             out = self.dropout(out)
@@ -105,6 +116,69 @@ class ResidualLSTM(nn.Module):
 
     def recurrent_layers(self) -> list[nn.Module]:
         return [getattr(self, name) for name in self.layer_names]
+
+
+def low_precision(x: Tensor) -> tuple[torch.dtype, bool] | None:
+    """Return the 16-bit dtype a recurrent layer would compute ``x`` in, and whether autocast chose it.
+
+    >>> low_precision(torch.zeros(1)) is None
+    True
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     low_precision(torch.zeros(1))
+    (torch.bfloat16, True)
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        return (dtype, True) if dtype in (torch.bfloat16, torch.float16) else None
+    return (x.dtype, False) if x.dtype in (torch.bfloat16, torch.float16) else None
+
+
+@functools.lru_cache(maxsize=None)
+def recurrent_kernel_ok(cell: type[nn.Module], device_type: str, dtype: torch.dtype, autocast: bool) -> bool:
+    """Say whether ``cell`` (``nn.LSTM`` / ``nn.GRU``) runs forward and backward in ``dtype`` on this device.
+
+    Probed once on a 2-unit layer (inference mode and ``no_grad`` lifted); a missing kernel is logged in
+    one line, since the layers then run in float32 (:func:`run_recurrent`).
+    """
+    device = torch.device(device_type, torch.cuda.current_device()) if device_type == "cuda" else torch.device(device_type)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            layer = cell(2, 2, batch_first=True).to(device)
+            x = torch.zeros(1, 3, 2, device=device)
+            if autocast:
+                with torch.autocast(device_type, dtype=dtype):
+                    out, _ = layer(x)
+            else:
+                out, _ = layer.to(dtype)(x.to(dtype))
+            out.float().sum().backward()
+    except RuntimeError as error:
+        name = str(dtype).removeprefix("torch.")
+        log.info("%s %s: this %s has no %s %s kernel (%s), so the recurrent layers run in float32 and the rest "
+                 "in %s", name, "autocast" if autocast else "weights", device_type.upper(), name, cell.__name__,
+                 " ".join(str(error).split())[:100], name)
+        return False
+    return True
+
+
+def run_recurrent(layer: nn.Module, x: Tensor) -> Tensor:
+    """Return ``layer(x)``'s output sequence, in float32 where the device lacks the low-precision kernel.
+
+    Under autocast the float32 output goes on as it is (the next ``nn.Linear`` casts it down again);
+    with 16-bit weights (``*-true``) it is cast back to ``x``'s dtype. Gradients reach the 16-bit
+    weights through the casts.
+    """
+    low = low_precision(x)
+    if low is None or recurrent_kernel_ok(type(layer), x.device.type, *low):
+        return layer(x)[0]
+    dtype, autocast = low
+    with torch.autocast(x.device.type, enabled=False):
+        params = dict(layer.named_parameters())
+        if all(p.dtype == torch.float32 for p in params.values()):
+            out, _ = layer(x.float())
+        else:  # 16-bit weights: run on float32 copies (the casts are differentiable)
+            floats = {name: p.float() for name, p in params.items()}
+            out, _ = torch.func.functional_call(layer, floats, (x.float(),))
+    return out if autocast else out.to(dtype)
 
 
 def init_recurrent_(

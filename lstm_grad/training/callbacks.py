@@ -1,8 +1,10 @@
-"""Callbacks of the commands: the prediction writer (CSV + PNG + TensorBoard figure) and the epoch timer."""
+"""Callbacks of the commands: the prediction writer (CSV + PNG + TensorBoard figure), the epoch timer,
+the run's TensorBoard card, the mark of the command that made a run, and the clean-up of a refused run."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,11 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-__all__ = ["EpochTimer", "PredictionWriter"]
+from lstm_grad.errors import UserError
+from lstm_grad.training.board import CARD_TAG, SCALARS_LAYOUT, results_card, run_card
+from lstm_grad.training.run_dirs import write_atomic
+
+__all__ = ["DiscardRefusedRun", "EpochTimer", "PredictionWriter", "RunCard", "RunKind"]
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +66,10 @@ class PredictionWriter(BasePredictionWriter):
         })
         folder = self._folder(trainer)
         csv_path, png_path = folder / "predictions.csv", folder / "predictions.png"
-        frame.to_csv(csv_path, index=False, float_format="%.4f")
+        # whole files: two tune processes may test the same best trial at once
+        write_atomic(csv_path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.4f"))
         figure = prediction_figure(frame)
-        figure.savefig(png_path, dpi=120)
+        write_atomic(png_path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_figure"):
             experiment.add_figure("predictions/test_span", figure, global_step=trainer.global_step)
@@ -118,3 +125,73 @@ class EpochTimer(pl.Callback):
         seconds = time.perf_counter() - self._start - self._val_spent
         self.epoch_times.append(seconds)
         pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True)
+
+
+class RunKind(pl.Callback):
+    """Mark every checkpoint with the command that made it (``fit``, ``tune``, ``backtest``), so that
+    ``--ckpt_path last`` / ``best`` take the user's newest fit, not a tuning trial
+    (:func:`lstm_grad.training.run_dirs.newest_fit`)."""
+
+    def __init__(self, command: str = "fit") -> None:
+        self.command = command
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"command": self.command}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass  # a resumed run is still made by the command that resumes it
+
+
+class RunCard(pl.Callback):
+    """Write the run's card (``about/run``) to TensorBoard's TEXT tab (the settings in words when training
+    starts, the test results beside persistence when a test ends) and its ``start here`` page of custom
+    scalars (:mod:`lstm_grad.training.board`)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        data = getattr(trainer.datamodule, "hparams", {})
+        settings = {"precision": trainer.precision, "max_epochs": trainer.max_epochs,
+                    "gradient_clip_val": trainer.gradient_clip_val,
+                    "gradient_clip_algorithm": trainer.gradient_clip_algorithm}
+        self._write(trainer, run_card(dict(pl_module.hparams), dict(data), settings))
+        experiment = getattr(trainer.logger, "experiment", None)
+        if trainer.is_global_zero and hasattr(experiment, "add_custom_scalars"):
+            experiment.add_custom_scalars(SCALARS_LAYOUT)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        metrics.update(getattr(pl_module, "epoch_metrics", {}).get("test", {}))  # float64 where the module has them
+        if metrics:
+            self._write(trainer, results_card(metrics))
+
+    @staticmethod
+    def _write(trainer: pl.Trainer, text: str) -> None:
+        experiment = getattr(trainer.logger, "experiment", None)
+        if trainer.is_global_zero and hasattr(experiment, "add_text"):
+            experiment.add_text(CARD_TAG, text, global_step=trainer.global_step)
+
+
+class DiscardRefusedRun(pl.Callback):
+    """Remove the run folder of a run refused for bad input before it trained.
+
+    Lightning creates the logger's folder (and an event file) before the DataModule's ``setup`` reads
+    the data (``pytorch/trainer/call.py``, ``_call_setup_hook``); a file refused there would leave an
+    empty ``version_N`` that TensorBoard lists as a run. On a :class:`~lstm_grad.errors.UserError`
+    (``on_exception`` runs before the loggers are finalized: ``call.py``, ``_interrupt``) the folder is
+    removed if nothing was trained and no checkpoint is in it, with the parents the run left empty.
+    """
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        folder = trainer.log_dir if trainer.logger is not None else None
+        if not isinstance(exception, UserError) or not folder or not trainer.is_global_zero:
+            return
+        run = Path(folder)
+        if trainer.global_step > 0 or not run.is_dir() or any(run.rglob("*.ckpt")):
+            return  # it trained, or holds a checkpoint (a resumed run): the user's, kept
+        trainer.logger.finalize("failed")  # close the event file before its folder goes
+        shutil.rmtree(run, ignore_errors=True)
+        save_dir = Path(str(getattr(trainer.logger, "save_dir", "") or run.parent))
+        for parent in run.parents:  # the name folder, then save_dir itself, if the run left them empty
+            if parent == save_dir.parent or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
+        log.info("removed %s: the run was refused before training", run)
