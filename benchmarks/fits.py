@@ -44,7 +44,8 @@ def lightning_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, module_cls:
     checkpoint each epoch, clipnorm 1.0; progress bar and model summary off."""
     def run() -> pl.Trainer:
         torch.manual_seed(seed)
-        module = module_cls(n_features=dm.n_features, hidden_sizes=cfg.hidden_sizes, horizon=dm.horizon)
+        module = module_cls(n_features=dm.n_features, hidden_sizes=cfg.hidden_sizes, residual=True, init="orthogonal",
+                            horizon=dm.horizon)  # the recipe's network, as ResidualLSTM's defaults on the hand side
         folder = tempfile.mkdtemp(prefix="bench_")
         trainer = pl.Trainer(max_epochs=epochs, logger=TensorBoardLogger(folder, name="bench"),
                              enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=log_every,

@@ -100,7 +100,8 @@ def item_scaling(cfg: BenchConfig) -> dict[str, Any]:
 def item_predict(cfg: BenchConfig, dm: GoldDataModule) -> dict[str, Any]:
     """Windows / s of ``Trainer.predict`` over the test span vs a plain no-grad loop."""
     torch.manual_seed(0)
-    module = LSTMForecaster(n_features=dm.n_features, hidden_sizes=cfg.hidden_sizes, horizon=dm.horizon)
+    module = LSTMForecaster(n_features=dm.n_features, hidden_sizes=cfg.hidden_sizes, residual=True, init="orthogonal",
+                            horizon=dm.horizon)
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False)
     test = dm.datasets["test"]

@@ -119,7 +119,7 @@ def run_ablation(args: argparse.Namespace) -> None:
     def done(index: int, row: dict[str, Any]) -> None:
         table.add(row)
         print(f"[{time.perf_counter() - started:7.0f} s] {row['config']:<10} seed {row['seed']} h{row['horizon']} "
-              f"{row['target_mode']}: MAE {row['mae']:.3f} MASE {row['mase']:.3f} best epoch {row['best_epoch']}"
+              f"{row['target_mode']}: MAE {row['mae']:.3f} rel. MAE {row['rel_mae']:.3f} best epoch {row['best_epoch']}"
               f"/{row['epochs']} {row['epoch_time_s']:.2f} s/epoch", flush=True)
 
     run_jobs(train_run, todo, args.workers, args.threads, args.cluster, on_result=done)

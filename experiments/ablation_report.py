@@ -59,20 +59,23 @@ def grouped(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[
 
 
 def accuracy_table(by_config: dict[str, list[dict[str, Any]]], order: list[str]) -> list[str]:
-    lines = ["| config | runs | MAE (price) | MASE | DM p, squared (vs persistence) | DM p, absolute | "
-             "directional acc. (%) | 100 − MAPE (%) | epoch time (s) | best epoch / epochs run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| config | runs | MAE (price) | rel. MAE | DM p, squared (vs persistence) | DM p, absolute | "
+             "directional acc. (%) | 100 − MAPE (%) | epoch time (s) | best epoch / epochs run | MASE | "
+             "DM p vs drift | predicted up (%) |",
+             "| --- " * 13 + "|"]
     for name in order:
         rows = by_config[name]
         trained = name not in BASELINES
         lines.append(" | ".join([
-            f"| {name}", str(len(rows)), pm(rows, "mae"), pm(rows, "mase"),
+            f"| {name}", str(len(rows)), pm(rows, "mae"), pm(rows, "rel_mae"),
             "—" if name == "persistence" else pvals(rows, "dm_sq_p"),
             "—" if name == "persistence" else pvals(rows, "dm_abs_p"),
             "n/a (predicts no change)" if name == "persistence" else pm(rows, "dir_acc", ".1f", 100),
             pm(rows, "acc_100_minus_mape", ".2f"),
             pm(rows, "epoch_time_s", ".2f") if trained else "—",
-            f"{pm(rows, 'best_epoch', '.1f')} / {pm(rows, 'epochs', '.1f')}" if trained else "—"]) + " |")
+            f"{pm(rows, 'best_epoch', '.1f')} / {pm(rows, 'epochs', '.1f')}" if trained else "—",
+            pm(rows, "mase"), "—" if name in ("persistence", "drift") else pvals(rows, "dm_drift_sq_p"),
+            "0.0" if name == "persistence" else pm(rows, "up_pred", ".1f", 100)]) + " |")
     return lines
 
 
@@ -152,14 +155,14 @@ def significant_seeds(rows: list[dict[str, Any]]) -> tuple[int, int]:
 def against_persistence(rows: list[dict[str, Any]]) -> str:
     """Say how a config's seeds compare with persistence: DM p < 0.05 per seed, and on which side."""
     worse, better = significant_seeds(rows)
-    mase = stats(rows, "mase")[0]
+    rel = stats(rows, "rel_mae")[0]
     if worse == len(rows):
-        return f"significantly worse in every seed (MASE {mase:.2f})"
+        return f"significantly worse in every seed (rel. MAE {rel:.2f})"
     if better == len(rows):
-        return f"significantly better in every seed (MASE {mase:.2f})"
+        return f"significantly better in every seed (rel. MAE {rel:.2f})"
     if worse or better:
-        return f"MASE {mase:.2f}, significantly worse in {worse} and better in {better} of {len(rows)} seeds"
-    return f"ties it (MASE {mase:.3f}, no seed significant)"
+        return f"rel. MAE {rel:.2f}, significantly worse in {worse} and better in {better} of {len(rows)} seeds"
+    return f"ties it (rel. MAE {rel:.3f}, no seed significant)"
 
 
 def convergence_verdict(best_before: float, best_after: float, cap: float, patience: int) -> str:
@@ -228,10 +231,12 @@ def write_ablation_report(rows: list[dict[str, Any]], out: Path, args: argparse.
              f"Protocol: embedded real {target} series (`--data.target {target}`), last {args.last_n_days} trading days, chronological 70/10/20 "
              "split, window and features from each config, batch 32, Adam 1e-3, MSE, dropout 0.2, early "
              f"stopping on val/loss (patience {args.patience}), at most {args.max_epochs} epochs, best checkpoint "
-             "tested, seeds 0, 1, 2, … (the `runs` column counts them). Mean ± std over seeds. MASE = MAE / persistence MAE on the "
-             "same test targets. Drift = the last price plus h times the train span's mean daily change; the linear AR "
+             "tested, seeds 0, 1, 2, … (the `runs` column counts them). Mean ± std over seeds. rel. MAE = MAE / persistence MAE on the "
+             "same test targets; MASE = MAE / the train span's one-step naive MAE (Hyndman & Koehler 2006; n/a in rows "
+             "written before it was recorded). Drift = the last price plus h times the train span's mean daily change; the linear AR "
              "uses the first config's inputs of each group. DM = Diebold–Mariano test against persistence (HAC variance with lag h − 1, "
-             "two-sided normal p; median over seeds and the count of seeds with p < 0.05). Gradient norms are "
+             "two-sided p: Student's t with the Harvey–Leybourne–Newbold correction, or normal in rows without a MASE, made "
+             "before issue 23; median over seeds and the count of seeds with p < 0.05). Gradient norms are "
              "true L2 norms of each layer's gradients (median of the logged steps of epoch 1 / of the last epoch).", ""]
     notes = out / "ablation_notes.md"  # hand-written findings, kept beside the generated tables
     if notes.exists():

@@ -21,12 +21,12 @@ def f(row: dict[str, Any], key: str) -> float:
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| variant (skip / init) | depth | window | grad ratio first/last, start | … end | "
-             "time reach (lags), start | … end | test MASE | epoch time (s) |",
+             "time reach (lags), start | … end | test rel. MAE | epoch time (s) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         lines.append(f"| {row['variant']} | {row['depth']} | {row['window']} | {f(row, 'ratio_start'):.3g} | "
                      f"{f(row, 'ratio_end'):.3g} | {int(f(row, 'reach_start'))} | {int(f(row, 'reach_end'))} | "
-                     f"{f(row, 'test_mase'):.2f} | {f(row, 'epoch_time_s'):.2f} |")
+                     f"{f(row, 'test_rel_mae'):.2f} | {f(row, 'epoch_time_s'):.2f} |")
     return lines
 
 
@@ -43,13 +43,13 @@ def init_with_residuals(rows: list[dict[str, Any]]) -> list[str]:
     depth = max(int(r["depth"]) for r in deep)
     pair = {r["variant"]: r for r in deep if int(r["depth"]) == depth}
     lines = [f"Residual stack, depth {depth}, window 60: does orthogonal init still matter once the skips are there?", "",
-             "| init | grad ratio first/last, start | … end | time reach, start | … end | test MASE |",
+             "| init | grad ratio first/last, start | … end | time reach, start | … end | test rel. MAE |",
              "| --- | --- | --- | --- | --- | --- |"]
     for variant in ("residual/default", "residual/orthogonal"):
         if variant in pair:
             r = pair[variant]
             lines.append(f"| {variant.split('/')[1]} | {f(r, 'ratio_start'):.3g} | {f(r, 'ratio_end'):.3g} | "
-                         f"{int(f(r, 'reach_start'))} | {int(f(r, 'reach_end'))} | {f(r, 'test_mase'):.2f} |")
+                         f"{int(f(r, 'reach_start'))} | {int(f(r, 'reach_end'))} | {f(r, 'test_rel_mae'):.2f} |")
     return lines
 
 
@@ -74,7 +74,7 @@ def write_depth_report(rows: list[dict[str, Any]], out: Path, args: argparse.Nam
         "- **time reach** = oldest lag (days before the target) whose ‖∂L/∂x_t‖ is ≥ 1 % of the largest, on 256 "
         "fixed train windows (`lstm_grad.diagnostics.time_grad_profile` / `time_reach`), at init and after training. "
         "A reach far below the window means the early days of the window get almost no gradient.",
-        "- **test MASE** of the final weights (no early stopping in this sweep; persistence = 1).", "",
+        "- **test rel. MAE** (MAE / persistence MAE) of the final weights, the network as trained (no shrink, no early stopping in this sweep; persistence = 1).", "",
         *([(out / "depth_notes.md").read_text().strip(), ""] if (out / "depth_notes.md").exists() else []),
         "## Depth (window 60)", "", *table(by_depth), "",
         f"## Window (depth {args.sweep_depth})", "", *table(by_window), "",

@@ -5,7 +5,8 @@ windows ``--windows`` at depth ``--sweep-depth``; narrow layers (``--sweep-width
 epochs, one seed, clipnorm 1.0 (``configs/clipped.yaml`` otherwise). Per run: the first / last
 recurrent layer gradient-norm ratio at the first step (before any update) and over the last epoch
 (median of per-step ratios), the time reach (oldest lag whose ‖∂L/∂x_t‖ is >= 1 % of the largest,
-on 256 fixed train windows) at init and at the end, and the test MASE of the final weights.
+on 256 fixed train windows) at init and at the end, and the test rel. MAE (MAE / persistence MAE) of the
+final weights, the network as trained (``--model.shrink_prior null``: no shrink toward persistence).
 Writes ``results/depth.csv``, ``results/depth.md`` and ``results/depth.png``; run it with
 ``python -m experiments.ablation --part depth`` (its flags: ``--depths``, ``--windows``, ``--sweep-*``).
 """
@@ -23,13 +24,14 @@ import torch
 
 from experiments.depth_report import write_depth_report
 from experiments.rows import read_rows, write_rows
-from experiments.runs import quiet, versions, where
+from lstm_grad.training.console import QuietRuns
+from experiments.runs import versions, where
 from lstm_grad.diagnostics.events import read_run
 from lstm_grad.training.parallel import run_jobs
 
 VARIANTS = [("plain", "default"), ("plain", "orthogonal"), ("residual", "default"), ("residual", "orthogonal")]
 COLUMNS = ["variant", "depth", "window", "width", "epochs", "ratio_start", "ratio_end", "reach_start",
-           "reach_end", "test_mase", "test_mae", "epoch_time_s", "grad_first_start", "grad_last_start",
+           "reach_end", "test_rel_mae", "test_mae", "epoch_time_s", "grad_first_start", "grad_last_start",
            "grad_first_end", "grad_last_end", "wall_s", "log_dir", "commit", "torch", "lightning"]
 
 
@@ -50,18 +52,23 @@ def reach(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
 
 
 def sweep_run(spec: dict[str, Any]) -> dict[str, Any]:
+    """See :func:`_sweep_run`; logging quieted for the run and restored after (a test session goes on)."""
+    with QuietRuns("lstm_grad"):
+        return _sweep_run(spec)
+
+
+def _sweep_run(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one (variant, depth, window) for a few epochs; return its ``depth.csv`` row."""
     from lstm_grad.cli import GoldCLI
     from lstm_grad.training.callbacks import EpochTimer
 
-    quiet()
     start = time.perf_counter()
     residual, init = spec["variant"].split("/")
     depth, window, width = spec["depth"], spec["window"], spec["width"]
     version = f"d{depth}_w{window}"
     args = ["--config", str(Path(spec["config_dir"]) / "clipped.yaml"), "--seed_everything", str(spec["seed"]),
             f"--model.hidden_sizes=[{','.join([str(width)] * depth)}]", "--model.residual", str(residual == "residual"),
-            "--model.init", init, "--data.window", str(window), "--trainer.max_epochs", str(spec["epochs"]),
+            "--model.init", init, "--model.shrink_prior", "null", "--data.window", str(window), "--trainer.max_epochs", str(spec["epochs"]),
             "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--early_stopping.patience", "1000",
             "--trainer.logger.init_args.save_dir", spec["runs_dir"],
@@ -88,7 +95,7 @@ def sweep_run(spec: dict[str, Any]) -> dict[str, Any]:
         "ratio_start": steps[0][first] / steps[0][last] if steps[0][last] > 0 else math.inf,
         "ratio_end": statistics.median(ratios) if ratios else math.nan,
         "reach_start": reach_start, "reach_end": reach_end,
-        "test_mase": float(metrics["test/mase"]), "test_mae": float(metrics["test/mae"]),
+        "test_rel_mae": float(metrics["test/rel_mae"]), "test_mae": float(metrics["test/mae"]),
         "epoch_time_s": statistics.median(timer.epoch_times),
         "grad_first_start": steps[0][first], "grad_last_start": steps[0][last],
         "grad_first_end": statistics.median(s[first] for s in tail),
@@ -126,7 +133,7 @@ def run_depth_sweep(args: argparse.Namespace) -> None:
         write_rows(path, rows.values(), COLUMNS)
         print(f"[{time.perf_counter() - started:6.0f} s] {row['variant']:<20} depth {row['depth']:>2} window "
               f"{row['window']:>3}: ratio {row['ratio_start']:.3g} -> {row['ratio_end']:.3g}, reach "
-              f"{row['reach_start']} -> {row['reach_end']}, MASE {row['test_mase']:.2f}", flush=True)
+              f"{row['reach_start']} -> {row['reach_end']}, rel. MAE {row['test_rel_mae']:.2f}", flush=True)
 
     run_jobs(sweep_run, todo, args.workers, args.threads, args.cluster, on_result=done)
     wanted = {key(s) for s in specs}

@@ -52,6 +52,23 @@ def rebuild_pages(results: Path) -> None:
         ablation.main(["--part", "depth", "--report-only", "--out", str(results)])
 
 
+def cell(value: float, fmt: str = ".3f", scale: float = 1.0) -> str:
+    """A number for a table, or "n/a" where the CSV has none (a column added after the row was written)."""
+    return "n/a" if value != value else f"{scale * value:{fmt}}"
+
+
+def drift_cell(rows: list[dict[str, Any]]) -> str:
+    """Seeds significantly worse / better than drift (DM, squared loss, p < 0.05), or n/a for older rows."""
+    if not rows or rows[0]["config"] in ("persistence", "drift"):
+        return "—"
+    known = [r for r in rows if num(r, "dm_drift_sq_p") == num(r, "dm_drift_sq_p")]
+    if not known:
+        return "n/a"
+    worse = sum(num(r, "dm_drift_sq_p") < 0.05 and num(r, "dm_drift_sq_stat") > 0 for r in known)
+    better = sum(num(r, "dm_drift_sq_p") < 0.05 and num(r, "dm_drift_sq_stat") < 0 for r in known)
+    return f"{worse} worse, {better} better of {len(known)}"
+
+
 def dm_cell(rows: list[dict[str, Any]]) -> str:
     """Seeds significantly worse / better than persistence (DM, squared loss, p < 0.05)."""
     if not rows or rows[0]["config"] == "persistence":
@@ -62,17 +79,22 @@ def dm_cell(rows: list[dict[str, Any]]) -> str:
 
 def forecaster_table(groups: dict, horizons: Sequence[str], mode: str, model: str,
                      references: Sequence[str] = REFERENCE) -> list[str]:
-    """One row per horizon and forecaster: ``model``, then ``references``, each where it has rows."""
-    lines = ["| horizon | forecaster | runs | MAE (price) | MASE | DM p < 0.05 vs persistence | directional acc. (%) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    """One row per horizon and forecaster: ``model``, then ``references``, each where it has rows; the DM
+    column against drift only where drift is among the references."""
+    against_drift = "drift" in references
+    lines = ["| horizon | forecaster | runs | MAE (price) | rel. MAE | DM p < 0.05 vs persistence | directional acc. (%) | "
+             f"MASE |{' DM p < 0.05 vs drift |' if against_drift else ''} predicted up (%) |",
+             "| --- " * (10 if against_drift else 9) + "|"]
     for horizon in horizons:
         by_config = groups.get((horizon, mode), {})
         for name in (model, *references):
             rows = by_config.get(name, [])
             if rows:
                 acc = "n/a" if name == "persistence" else pm(rows, "dir_acc", ".1f", 100)
+                up = "0.0" if name == "persistence" else pm(rows, "up_pred", ".1f", 100)
                 lines.append(f"| {horizon} | {name} | {len(rows)} | {pm(rows, 'mae', '.2f')} | "
-                             f"{pm(rows, 'mase')} | {dm_cell(rows)} | {acc} |")
+                             f"{pm(rows, 'rel_mae')} | {dm_cell(rows)} | {acc} | {pm(rows, 'mase')} | "
+                             + (f"{drift_cell(rows)} | " if against_drift else "") + f"{up} |")
     return lines
 
 
@@ -84,7 +106,7 @@ def recipe_table(groups: dict) -> list[str]:
         cells = []
         for key in keys:
             rows = groups[key].get(name, [])
-            cells.append(f"{pm(rows, 'mase')} ({dm_cell(rows)})" if rows else "—")
+            cells.append(f"{pm(rows, 'rel_mae')} ({dm_cell(rows)})" if rows else "—")
         if any(c != "—" for c in cells):
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
@@ -105,13 +127,21 @@ def convergence_table(groups: dict) -> list[str]:
 
 def backtest_table(results: Path, pooled_only: bool = False) -> list[str]:
     """Walk-forward rows at h=1 and h=30, every fold then the pooled one (``all``), or the pooled ones only."""
-    lines = ["| horizon | fold | test span | MAE | persistence MAE | MASE | DM p |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    with_drift = not pooled_only  # README's short block keeps to persistence; docs/results.md has drift too
+    lines = ["| horizon | fold | test span | MAE | persistence MAE | rel. MAE | DM p | "
+             + ("drift rel. MAE | DM p vs drift | " if with_drift else "")
+             + "MASE | coverage 80 / 95 % | 95 % score: model / random walk |", "| --- " * (12 if with_drift else 10) + "|"]
     for horizon, path in (("1", results / "backtest.csv"), ("30", results / "backtest_h30" / "backtest.csv")):
         for row in read_rows(path):
             if pooled_only and row["fold"] != "all":
                 continue
             lines.append(f"| {horizon} | {row['fold']} | {row['test_start']}..{row['test_end']} | {num(row, 'mae'):.3f} | "
-                         f"{num(row, 'naive_mae'):.3f} | {num(row, 'mase'):.4f} | {num(row, 'dm_p'):.3f} |")
+                         f"{num(row, 'naive_mae'):.3f} | {num(row, 'rel_mae'):.4f} | {num(row, 'dm_p'):.3f} | "
+                         + (f"{cell(num(row, 'drift_rel_mae'), '.4f')} | {cell(num(row, 'dm_p_drift'))} | "
+                            if with_drift else "")
+                         + f"{cell(num(row, 'mase'))} | {cell(num(row, 'coverage_80'), '.1f', 100)} / "
+                         f"{cell(num(row, 'coverage_95'), '.1f', 100)} | {cell(num(row, 'winkler_95'), '.2f')} / "
+                         f"{cell(num(row, 'winkler_95_rw'), '.2f')} |")
     return lines if len(lines) > 2 else ["(no backtest CSV yet)"]
 
 
@@ -156,7 +186,8 @@ def readme_section(results: Path) -> str:
         "**A second real series**: the embedded silver column (`--set data.target=silver`), default forecaster, h=1 "
         "([`results/silver/ablation.md`](results/silver/ablation.md)):", "",
         *forecaster_table(silver, ["1"], "log_return", "default"), "",
-        "**The recipe's four configs** (and the default), MASE mean ± std over 5 seeds, with the seeds whose "
+        "**The recipe's four configs** (and the default), rel. MAE (MAE / persistence MAE) mean ± std over 5 seeds, "
+        "with the seeds whose "
         "Diebold-Mariano test against persistence is significant (p < 0.05):", "",
         *recipe_table(groups), "",
         "**Convergence**: the epoch of the tested (best `val/loss`) checkpoint, per seed 0-4 (at most 50 epochs, "

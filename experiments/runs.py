@@ -9,22 +9,20 @@ package: a Dask worker imports these functions like any other installed code.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import shutil
 import statistics
 import subprocess
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-import pandas as pd
 
 from experiments import CODE_PATHS
 from lstm_grad.diagnostics.events import DiagnoseError, read_run
+from lstm_grad.training.console import QuietRuns
 from lstm_grad.forecaster.baselines import baseline_forecasts
 from lstm_grad.forecaster.significance import diebold_mariano
 from lstm_grad.training.parallel import check_workers
@@ -33,12 +31,15 @@ from lstm_grad.training.provenance import code_state
 MAX_LAYERS = 4  # grad-norm columns lstm_0..lstm_3 (the recipe's nets have 3 or 4 recurrent layers)
 GRAD_COLUMNS = [f"grad_lstm_{i}_{when}" for when in ("epoch1", "end") for i in range(MAX_LAYERS)]
 COLUMNS = ["config", "seed", "horizon", "target_mode", "last_n_days", "max_epochs",
-           "mae", "mse", "mase", "dir_acc", "acc_100_minus_mape", "naive_mae",
-           "dm_sq_stat", "dm_sq_p", "dm_abs_stat", "dm_abs_p",
-           "epoch_time_s", "epochs", "best_epoch", "best_val_loss", "val_mase", *GRAD_COLUMNS,
+           "mae", "mse", "rel_mae", "mase", "mae_last_step", "rel_mae_last_step", "dir_acc", "up_pred", "up_actual",
+           "acc_100_minus_mape", "naive_mae", "drift_mae", "dm_sq_stat", "dm_sq_p", "dm_abs_stat", "dm_abs_p",
+           "dm_drift_sq_stat", "dm_drift_sq_p", "coverage_80", "coverage_95", "winkler_95", "winkler_95_rw", "shrink_step_1",
+           "shrink_step_h", "epoch_time_s", "epochs", "best_epoch", "best_val_loss", "val_rel_mae", *GRAD_COLUMNS,
            "val_losses", "wall_s", "log_dir", "commit", "torch", "lightning"]
 KEY = ("config", "seed", "horizon", "target_mode", "last_n_days", "max_epochs")
 BASELINES = ("persistence", "drift", "linear_ar")
+TEST_KEYS = ("mae", "mse", "rel_mae", "mase", "mae_last_step", "rel_mae_last_step", "dir_acc", "up_pred", "up_actual",
+             "naive_mae", "drift_mae", "coverage_80", "coverage_95", "winkler_95", "winkler_95_rw")  # test/<key>
 
 
 def code_commit(folder: str | Path | None = None, allow_dirty: bool = False) -> str:
@@ -74,13 +75,6 @@ def versions() -> dict[str, str]:
 def run_key(row: dict[str, Any]) -> tuple[str, ...]:
     """Identify a run by its settings, as strings (so CSV rows and planned runs compare equal)."""
     return tuple(str(row[k]) for k in KEY)
-
-
-def quiet() -> None:
-    """Keep worker output to warnings and errors: sweeps print one line per finished run instead."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lstm_grad"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*(does not have many workers|LightningCLI's args|LeafSpec).*")
 
 
 def data_args(spec: dict[str, Any]) -> list[str]:
@@ -136,27 +130,39 @@ def grad_summary(norms: dict[str, list[tuple[int, float]]], steps_per_epoch: int
     return row
 
 
-def dm_columns(pred: np.ndarray, actual: np.ndarray, naive: np.ndarray, horizon: int) -> dict[str, float]:
-    """Diebold–Mariano of a forecast against persistence, squared and absolute loss, HAC lag h-1."""
+def dm_columns(pred: np.ndarray, actual: np.ndarray, naive: np.ndarray, horizon: int,
+               drift: np.ndarray | None = None) -> dict[str, float]:
+    """Diebold–Mariano of a forecast against persistence, squared and absolute loss, HAC lag h-1, with the
+    Harvey-Leybourne-Newbold small-sample correction (as the commands report it); with ``drift``, against
+    drift too (squared loss)."""
     out: dict[str, float] = {}
     for loss, tag in (("squared", "sq"), ("absolute", "abs")):
-        result = diebold_mariano(pred - actual, naive - actual, horizon=horizon, loss=loss)
+        result = diebold_mariano(pred - actual, naive - actual, horizon=horizon, loss=loss, small_sample=True)
         out[f"dm_{tag}_stat"], out[f"dm_{tag}_p"] = result.stat, result.p_value
+    if drift is not None:
+        result = diebold_mariano(pred - actual, drift - actual, horizon=horizon, small_sample=True)
+        out["dm_drift_sq_stat"], out["dm_drift_sq_p"] = result.stat, result.p_value
     return out
 
 
 def train_run(spec: dict[str, Any]) -> dict[str, Any]:
+    """See :func:`_train_run`; logging quieted for the run and restored after (a test session goes on)."""
+    with QuietRuns("lstm_grad"):
+        return _train_run(spec)
+
+
+def _train_run(spec: dict[str, Any]) -> dict[str, Any]:
     """Fit one config with one seed via ``lstm_grad.fit.run``; return its ``runs.csv`` row.
 
     The TensorBoard run lands in ``{runs_dir}/{config}_h{H}_{mode}_n{days}/seed{seed}`` (removed
     first, so an interrupted run never mixes event files); the test metrics are those of the best
-    checkpoint (by what the config's checkpoint monitors: ``val/loss``, or ``val/mase`` in a
-    config written by ``lstm_grad.tune``), ``val_mase`` is that checkpoint's validation MASE, the
-    DM test uses its ``predictions.csv``. The run carries a :class:`ValHistory` for its validation curve.
+    checkpoint (by what the config's checkpoint monitors: ``val/loss``, or the tuning objective in a
+    config written by ``lstm_grad.tune``), ``val_rel_mae`` is that checkpoint's validation rel. MAE (the
+    network's, before the shrink), the DM tests use its float64 test prices (``fit.run``'s ``test_outputs``,
+    not the CSV's text). The run carries a :class:`ValHistory` for its validation curve.
     """
     from lstm_grad.fit import run
 
-    quiet()
     name = f"{spec['config']}_h{spec['horizon']}_{spec['target_mode']}_n{spec['last_n_days']}"
     version = f"seed{spec['seed']}"
     run_dir = Path(spec["runs_dir"]) / name / version
@@ -173,22 +179,24 @@ def train_run(spec: dict[str, Any]) -> dict[str, Any]:
     wall = time.perf_counter() - start
     metrics, trainer = result["metrics"], result["trainer"]
     horizon = int(spec["horizon"])
-    frame = pd.read_csv(Path(result["log_dir"]) / "predictions.csv")  # window-major, step-minor rows
-    pred, actual, naive = (frame[c].to_numpy().reshape(-1, horizon) for c in ("predicted", "actual", "persistence"))
+    outputs = result["test_outputs"]  # float64 prices of the tested checkpoint's calibrated forecast
+    pred, actual, drift = outputs["pred"], outputs["actual"], outputs["drift"]
+    naive = np.repeat(outputs["anchor"][:, None], horizon, axis=1)
     history = next(c for c in trainer.callbacks if isinstance(c, ValHistory))
-    val_losses, val_mase = history.curve("val/loss"), history.curve("val/mase")
-    # the epoch of the tested checkpoint: the minimum of what the checkpoint monitors (val/mase in a tuned config)
+    val_losses, val_rel_mae = history.curve("val/loss"), history.curve("val/rel_mae")
+    # the epoch of the tested checkpoint: the minimum of what the checkpoint monitors (the objective in a tuned config)
     monitor = getattr(trainer.checkpoint_callback, "monitor", None) or "val/loss"
     selected = history.curve(monitor) or val_losses
     best = int(np.argmin(selected)) if selected else -1
     row = {k: spec[k] for k in KEY}
     row.update({
-        "mae": metrics["test/mae"], "mse": metrics["test/mse"], "mase": metrics["test/mase"],
-        "dir_acc": metrics["test/dir_acc"], "acc_100_minus_mape": 100.0 - metrics["test/mape"],
-        "naive_mae": metrics["test/naive_mae"], **dm_columns(pred, actual, naive, horizon),
+        **{k: metrics[f"test/{k}"] for k in TEST_KEYS if f"test/{k}" in metrics},
+        "acc_100_minus_mape": 100.0 - metrics["test/mape"], **dm_columns(pred, actual, naive, horizon, drift),
+        "shrink_step_1": result["calibration"].get("shrink", [math.nan])[0],
+        "shrink_step_h": result["calibration"].get("shrink", [math.nan])[-1],
         "epoch_time_s": result["epoch_time_s"], "epochs": result["epochs"], "best_epoch": best + 1,
         "best_val_loss": val_losses[best] if val_losses else math.nan,
-        "val_mase": val_mase[best] if val_mase else math.nan,
+        "val_rel_mae": val_rel_mae[best] if val_rel_mae else math.nan,
         **grad_summary(grad_norms(result["log_dir"]), trainer.num_training_batches, result["epochs"]),
         "val_losses": ";".join(f"{v:.6g}" for v in val_losses), "wall_s": wall, "log_dir": str(result["log_dir"]),
         "commit": spec["commit"], **versions(),
@@ -205,24 +213,34 @@ def config_args(spec: dict[str, Any]) -> list[str]:
 
 
 def baseline_rows(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """See :func:`_baseline_rows`; logging quieted for the run and restored after (a test session goes on)."""
+    with QuietRuns("lstm_grad"):
+        return _baseline_rows(spec)
+
+
+def _baseline_rows(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Persistence and linear-AR rows for one (horizon, target mode, span), from the first config's data."""
     from lstm_grad.cli import GoldCLI
 
-    quiet()
     args = [*config_args(spec), "--trainer.logger", "false",
             *data_args(spec), *spec["overrides"]]
     data = GoldCLI(args=args, run=False).datamodule
     data.setup("fit")
     horizon = int(spec["horizon"])
     rows = []
-    for name, fc in baseline_forecasts(data).items():
+    forecasts = baseline_forecasts(data)
+    for name, fc in forecasts.items():
         m = fc["metrics"]
         naive = np.repeat(fc["anchor"][:, None], horizon, axis=1)
-        dm = dm_columns(fc["pred"], fc["actual"], naive, horizon) if name != "persistence" else {}
+        drift = forecasts["drift"]["pred"] if name not in ("drift", "persistence") else None
+        dm = dm_columns(fc["pred"], fc["actual"], naive, horizon, drift) if name != "persistence" else {}
         row = {k: spec[k] for k in KEY}
-        row.update({"config": name, "seed": 0, "max_epochs": 0, "mae": m["mae"], "mse": m["mse"],
-                    "mase": m["mase"], "dir_acc": m["dir_acc"] if name != "persistence" else math.nan,
-                    "acc_100_minus_mape": 100.0 - m["mape"], "naive_mae": m["naive_mae"], **dm,
+        row.update({"config": name, "seed": 0, "max_epochs": 0,
+                    **{k: m[k] for k in ("mae", "mse", "rel_mae", "mase", "mae_last_step", "rel_mae_last_step",
+                                         "up_pred", "up_actual", "naive_mae")},
+                    "dir_acc": m["dir_acc"] if name != "persistence" else math.nan,
+                    "drift_mae": forecasts["drift"]["metrics"]["mae"],
+                    "acc_100_minus_mape": 100.0 - m["mape"], **dm,
                     "log_dir": f"linear AR lags={fc['lags']}" if name == "linear_ar" else "",
                     "commit": spec["commit"], **versions()})
         rows.append(row)

@@ -56,7 +56,7 @@ WALKFORWARD: dict[str, list[str]] = {  # stage 2: log-return target; (name, flag
         ("_wd0", []), ("_wd1e-2", ["--model.weight_decay", "1e-2"]),
         ("_wd1e-2_s1", ["--model.weight_decay", "1e-2", "--seed_everything", "1"]))},
 }
-COLUMNS = ["candidate", "seed", "val_mae", "val_naive_mae", "val_mase", "val_dir_acc", "val_loss",
+COLUMNS = ["candidate", "seed", "val_mae", "val_naive_mae", "val_rel_mae", "val_dir_acc", "val_loss",
            "epochs", "wall_s", "flags"]
 
 
@@ -75,19 +75,19 @@ def run_candidate(name: str, flags: list[str], seed: int, runs_dir: str) -> dict
     metrics = {k: float(v) for k, v in trainer.validate(model, datamodule=data, ckpt_path=best,
                                                           weights_only=True, verbose=False)[0].items()}
     return {"candidate": name, "seed": seed, "val_mae": metrics["val/mae"], "val_naive_mae": metrics["val/naive_mae"],
-            "val_mase": metrics["val/mase"], "val_dir_acc": metrics["val/dir_acc"], "val_loss": metrics["val/loss"],
+            "val_rel_mae": metrics["val/rel_mae"], "val_dir_acc": metrics["val/dir_acc"], "val_loss": metrics["val/loss"],
             "epochs": trainer.current_epoch, "wall_s": time.perf_counter() - start, "flags": " ".join(flags)}
 
 
 def summary(rows: list[dict[str, str]]) -> str:
-    """Markdown table: per candidate, mean +- std of val MASE and val MAE over its seeds."""
-    lines = ["| candidate | seeds | val MASE | val MAE | val persistence MAE | epochs |", "| --- | --- | --- | --- | --- | --- |"]
+    """Markdown table: per candidate, mean +- std of val rel. MAE (MAE / persistence MAE) and val MAE over its seeds."""
+    lines = ["| candidate | seeds | val rel. MAE | val MAE | val persistence MAE | epochs |", "| --- | --- | --- | --- | --- | --- |"]
     for name in dict.fromkeys(r["candidate"] for r in rows):
         mine = [r for r in rows if r["candidate"] == name]
-        mase = [float(r["val_mase"]) for r in mine]
+        rel = [float(r["val_rel_mae"]) for r in mine]
         mae = [float(r["val_mae"]) for r in mine]
-        spread = statistics.stdev(mase) if len(mase) > 1 else 0.0
-        lines.append(f"| {name} | {len(mine)} | {statistics.mean(mase):.4f} +- {spread:.4f} | "
+        spread = statistics.stdev(rel) if len(rel) > 1 else 0.0
+        lines.append(f"| {name} | {len(mine)} | {statistics.mean(rel):.4f} +- {spread:.4f} | "
                      f"{statistics.mean(mae):.3f} | {float(mine[0]['val_naive_mae']):.3f} | "
                      f"{statistics.mean(float(r['epochs']) for r in mine):.1f} |")
     return "\n".join(lines)
@@ -102,17 +102,19 @@ def walk_forward(names: Sequence[str], runs_dir: str, threads: int) -> str:
 
     from lstm_grad.backtest import backtest
 
-    lines = ["| candidate | pooled val MASE | pooled DM p | fold MASE | smallest fold DM p |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| candidate | pooled val rel. MAE | pooled DM p | fold rel. MAE | smallest fold DM p |",
+             "| --- | --- | --- | --- | --- |"]
     for name in names:
         table = Path(runs_dir) / name / "backtest.csv"
         if not table.exists():
             backtest(["--config", str(BASE), "--data.end", "2012-01-17", "--folds", "4", "--test_days", "125",
                       "--threads", str(threads), "--data.target_mode", "log_return", "--output", str(table.parent),
                       *WALKFORWARD[name]])
-        rows = pd.read_csv(table, dtype={"fold": str})
+        rows = pd.DataFrame(read_rows(table))  # strings, old tables' mase read as rel_mae
+        rows[["rel_mae", "dm_p"]] = rows[["rel_mae", "dm_p"]].astype(float)
         folds, pooled = rows[rows["fold"] != "all"], rows[rows["fold"] == "all"].iloc[0]
-        lines.append(f"| {name} | {pooled['mase']:.4f} | {pooled['dm_p']:.3f} | "
-                     f"{' '.join(f'{v:.3f}' for v in folds['mase'])} | {folds['dm_p'].min():.3f} |")
+        lines.append(f"| {name} | {pooled['rel_mae']:.4f} | {pooled['dm_p']:.3f} | "
+                     f"{' '.join(f'{v:.3f}' for v in folds['rel_mae'])} | {folds['dm_p'].min():.3f} |")
     return "\n".join(lines)
 
 
@@ -145,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             rows.append({k: str(v) for k, v in row.items()})
             out.parent.mkdir(parents=True, exist_ok=True)
             write_rows(out, rows, COLUMNS)
-            print(f"{name} seed {seed}: val MASE {row['val_mase']:.4f}, val MAE {row['val_mae']:.3f}, "
+            print(f"{name} seed {seed}: val rel. MAE {row['val_rel_mae']:.4f}, val MAE {row['val_mae']:.3f}, "
                   f"{row['epochs']} epochs, {row['wall_s']:.0f} s", flush=True)
     print(summary([r for r in rows if r["candidate"] in args.candidates]))
 

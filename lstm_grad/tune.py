@@ -5,7 +5,7 @@ under ``<out>/<study>/trial_<n>/`` with values drawn from the search space
 (``lstm_grad.training.search_space``: ``model.lr`` log-uniform, stacks with and without residual adds,
 dropout, weight decay, window, target mode; ``--space my_space.yaml`` overrides it). The
 objective is the validation MASE in price units (model MAE / persistence MAE on the validation
-targets) of the trial's best checkpoint; checkpointing and early stopping follow ``val/mase`` too.
+targets) of the trial's best checkpoint; checkpointing and early stopping follow ``val/rel_mae`` too.
 Trials whose validation MASE falls behind the median of earlier trials at the same epoch are
 pruned (Optuna's ``MedianPruner`` through optuna-integration's Lightning callback). The test span
 is used once, at the end, by the best trial only.
@@ -45,7 +45,7 @@ from lstm_grad.training.parallel import require_extra
 from lstm_grad.training.run_dirs import write_atomic
 from lstm_grad.training.study import SURPLUS, claimed, open_storage, process_started, run_until
 
-OBJECTIVE = "val/mase"
+OBJECTIVE = "val/rel_mae"
 MIN_TRIALS_FOR_IMPORTANCE = 10  # completed trials before parameter importances are plotted
 #: before the user's flags (they may change them): trials print one line each, not a progress bar
 TRIAL_DEFAULTS = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -138,7 +138,7 @@ def write_best_config(best: Any, study_name: str, path: Path) -> Path:
     config.pop("ckpt_path", None)  # fit's resume flag: a config without it also serves `lstm_grad.cli fit`
     params = ", ".join(f"{k}={v}" for k, v in search_space.decode(best.params).items())
     header = (f"# Best trial {best.number} of Optuna study '{study_name}': validation MASE {best.value:.6g}\n"
-              f"# tuned: {params}\n# checkpoint selection and early stopping follow val/mase (the tuning objective)\n"
+              f"# tuned: {params}\n# checkpoint selection and early stopping follow val/rel_mae (the tuning objective)\n"
               f"# python -m lstm_grad.fit --config {path}\n")
     write_atomic(path, lambda tmp: tmp.write_text(header + yaml.safe_dump(config, sort_keys=False)))
     return path

@@ -42,7 +42,8 @@ def result(tmp_path_factory):
                           "--output", str(root / "bt")])
     return {"root": root, "source": source, "table": table, "stdout": out.getvalue(),
             "csv": pd.read_csv(root / "bt" / "backtest.csv", dtype={"fold": str}),
-            "predictions": pd.read_csv(root / "bt" / "backtest_predictions.csv")}
+            "predictions": pd.read_csv(root / "bt" / "backtest_predictions.csv"),
+            "steps": pd.read_csv(root / "bt" / "backtest_steps.csv", dtype={"fold": str})}
 
 
 def test_folds_are_consecutive_test_spans_ending_at_the_last_day_with_training_strictly_before(result):
@@ -79,7 +80,7 @@ def test_each_fold_scaler_is_fitted_on_its_own_train_span(result):
 def test_naive_mae_is_persistence_by_hand_and_the_pooled_row_is_the_mean_over_all_test_days(result):
     raw, predictions = prices()["Close"], result["predictions"]
     csv = result["table"].astype({"fold": str})  # the values written to backtest.csv, before rounding
-    numbers = ["mae", "naive_mae", "mase", "dm_p", "dir_acc"]
+    numbers = ["mae", "naive_mae", "rel_mae", "mase", "dm_p", "dir_acc"]
     assert result["csv"][numbers].to_numpy() == pytest.approx(csv[numbers].to_numpy(dtype=float), rel=1e-5)
     change = raw.diff().abs()  # |p_t - p_{t-1}|: persistence's error on day t
     test_days = []
@@ -97,7 +98,7 @@ def test_naive_mae_is_persistence_by_hand_and_the_pooled_row_is_the_mean_over_al
     assert pooled["mae"] == pytest.approx((predictions["forecast"] - predictions["actual"]).abs().mean(), rel=1e-5)
     folds = csv[csv["fold"] != "all"]
     assert pooled["mae"] == pytest.approx((folds["mae"] * folds["windows"]).sum() / folds["windows"].sum(), rel=1e-5)
-    assert pooled["mase"] == pytest.approx(pooled["mae"] / pooled["naive_mae"], rel=1e-5)
+    assert pooled["rel_mae"] == pytest.approx(pooled["mae"] / pooled["naive_mae"], rel=1e-5)  # "mase" before issue 23
     assert predictions["actual"].to_numpy() == pytest.approx(raw.loc[predictions["date"]].to_numpy(), abs=1e-9)
     assert 0 <= pooled["dm_p"] <= 1
     report = (result["root"] / "bt" / "backtest.md").read_text()
@@ -111,3 +112,30 @@ def test_too_many_folds_for_the_data_is_one_error_line(result, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("error:") and "\n" not in err
     assert "fold 1 of 5 has 0 train rows" in err
+
+
+def test_drift_mase_intervals_and_steps_by_hand(result):
+    """Issue 23: drift beside persistence with DM p against each, Hyndman's MASE on each fold's train span, the
+    intervals' coverage and scores, per-step rows, and predictions in full float64 precision."""
+    raw, predictions, csv = prices()["Close"], result["predictions"], result["table"].astype({"fold": str})
+    for k in range(1, FOLDS + 1):
+        row = csv[csv["fold"] == str(k)].iloc[0]
+        train = raw.loc[row["train_start"]: row["train_end"]]
+        scale = train.diff().abs().iloc[1:].mean()  # the in-sample one-step naive MAE of the fold's train span
+        slope = (train.iloc[-1] - train.iloc[0]) / (len(train) - 1)
+        mine = predictions[predictions["fold"] == k]
+        assert row["mase"] == pytest.approx((mine["forecast"] - mine["actual"]).abs().mean() / scale, rel=1e-9)
+        assert mine["drift"].to_numpy() == pytest.approx(mine["persistence"] + slope * mine["step"], rel=1e-12)
+        assert row["drift_mae"] == pytest.approx((mine["drift"] - mine["actual"]).abs().mean(), rel=1e-9)
+        inside = (mine["lower_80"] <= mine["actual"]) & (mine["actual"] <= mine["upper_80"])
+        assert row["coverage_80"] == pytest.approx(inside.mean(), abs=1e-12)
+        assert row["up_pred"] == pytest.approx((mine["forecast"] > mine["persistence"]).mean(), abs=1e-12)
+        assert 0 <= row["dm_p_drift"] <= 1 and 0 <= row["drift_dm_p"] <= 1 and row["winkler_95_rw"] > 0
+        assert 0 <= row["shrink_step_1"] <= 1 and row["calib_n"] == TEST_DAYS
+    steps = result["steps"]
+    assert sorted(steps["fold"].unique()) == ["1", "2", "all"] and steps["step"].unique().tolist() == [1]
+    pooled = steps[steps["fold"] == "all"].iloc[0]
+    assert pooled["rel_mae"] == pytest.approx(csv[csv["fold"] == "all"]["rel_mae_last_step"].iloc[0], rel=1e-5)
+    text = (result["root"] / "bt" / "backtest_predictions.csv").read_text().splitlines()[1]
+    assert max(len(cell.split(".")[-1]) for cell in text.split(",")[3:]) > 6  # not rounded to 6 decimals
+    assert "DM p vs drift" in (result["root"] / "bt" / "backtest.md").read_text()

@@ -79,7 +79,7 @@ def test_persistence_metrics_are_exact():
     naive = persistence_forecast(anchor, 1)
     m = forecast_metrics(naive, actual, anchor)
     assert m["mae"] == m["naive_mae"] == 1.0  # |12-10|, |11-12|, |11-11| -> 3 / 3
-    assert m["mase"] == 1.0
+    assert m["rel_mae"] == 1.0  # renamed: this was "mase" before issue 23 (MAE / persistence MAE)
     assert math.isclose(m["mse"], 5 / 3)
     assert math.isclose(m["mape"], 100 * (2 / 12 + 1 / 11) / 3)
     assert m["dir_acc"] == 0.0  # "no change" never has the sign of a real move

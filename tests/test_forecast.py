@@ -54,7 +54,8 @@ def trained(tmp_path_factory):
 
 
 def by_hand(checkpoint: Path, frame: pd.DataFrame) -> np.ndarray:
-    """Scale the last window of ``frame`` with the checkpoint's statistics, apply the model, rebuild prices."""
+    """Scale the last window of ``frame`` with the checkpoint's statistics, apply the model, rebuild prices and
+    shrink the move toward the last price by the checkpoint's per-step weights (issue 23)."""
     state = torch.load(checkpoint, weights_only=True)
     stats = state["GoldDataModule"]
     assert stats["feature_names"] == ["Close", "Open", "log_return:Close"]
@@ -67,7 +68,9 @@ def by_hand(checkpoint: Path, frame: pd.DataFrame) -> np.ndarray:
     with torch.no_grad():
         y = model.eval()(torch.tensor(x, dtype=torch.float32)[None]).double().numpy()[0]  # (H,) scaled
     log_return = y * stats["target_std"] + stats["target_mean"]  # cumulative log return from the last price
-    return frame["Close"].iloc[-1] * np.exp(log_return)
+    last = frame["Close"].iloc[-1]
+    weights = np.array(state["forecaster_calibration"]["shrink"])  # fitted on validation, saved with the weights
+    return last + weights * (last * np.exp(log_return) - last)
 
 
 @pytest.mark.slow  # shares one tiny fit
@@ -83,6 +86,36 @@ def test_dates_are_the_next_business_days_and_values_equal_the_model_by_hand(tra
     assert frame["persistence"].to_numpy() == pytest.approx(raw["Close"].iloc[-1], abs=1e-6)
     assert frame["forecast"].to_numpy() == pytest.approx(by_hand(trained["best"], raw), abs=1e-5)
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # shares one tiny fit
+def test_forecast_csv_has_drift_and_conformal_bounds_from_the_checkpoint_in_full_precision(trained, tmp_path):
+    out = tmp_path / "f.csv"
+    frame = forecast_main(["--ckpt_path", str(trained["best"]), "--output", str(out)])
+    written = pd.read_csv(out)
+    assert list(written.columns) == ["date", "step", "forecast", "lower_80", "upper_80", "lower_95", "upper_95",
+                                     "persistence", "drift", "last_date", "last_price"]
+    for column in ("forecast", "lower_95", "upper_95", "drift"):  # the numbers, not a 6-decimal text
+        np.testing.assert_array_equal(written[column].to_numpy(), frame[column].to_numpy())
+    raw = prices().round(6)["Close"]  # exactly what the CSV holds
+    state = torch.load(trained["best"], weights_only=True)
+    calibration = state["forecaster_calibration"]
+    train = raw.iloc[1:][: calibration_train_rows(len(raw) - 1)]  # after the one warm-up row of log_return:Close
+    slope = (train.iloc[-1] - train.iloc[0]) / (len(train) - 1)
+    assert calibration["drift_slope"] == pytest.approx(slope, rel=1e-12)
+    assert written["drift"].to_numpy() == pytest.approx(raw.iloc[-1] + slope * np.arange(1, HORIZON + 1), rel=1e-12)
+    sigma_t = raw.diff().iloc[-20:].std(ddof=1)  # the last 20 daily price changes
+    for level in ("80", "95"):
+        half = sigma_t * np.array(calibration[f"q_{level}"])
+        assert written[f"upper_{level}"].to_numpy() == pytest.approx(written["forecast"] + half, rel=1e-12)
+        assert written[f"lower_{level}"].to_numpy() == pytest.approx(written["forecast"] - half, rel=1e-12)
+    assert (written["lower_95"] <= written["lower_80"]).all() and (written["upper_80"] <= written["upper_95"]).all()
+    assert calibration["calib_n"] > 0 and "conformal" in calibration["method"]
+
+
+def calibration_train_rows(rows: int) -> int:
+    """Rows of the train span of a 70/10/20 split of ``rows`` rows (``GoldDataModule``'s rounding)."""
+    return round(0.7 * rows)
 
 
 @pytest.mark.slow  # shares one tiny fit

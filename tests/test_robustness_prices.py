@@ -44,7 +44,7 @@ def reference_metrics(pred: np.ndarray, actual: np.ndarray, anchor: np.ndarray) 
     hits = np.sign(pred - naive) == np.sign(actual - naive)
     mae, naive_mae = np.abs(pred - actual).mean(), np.abs(naive - actual).mean()
     return {"dir_acc": hits[moved].mean(), "mae": mae, "mse": np.square(pred - actual).mean(),
-            "mape": 100 * np.mean(np.abs(pred - actual) / actual), "mase": mae / naive_mae, "naive_mae": naive_mae}
+            "mape": 100 * np.mean(np.abs(pred - actual) / actual), "rel_mae": mae / naive_mae, "naive_mae": naive_mae}  # "mase" before issue 23
 
 
 @pytest.mark.parametrize("target_mode", ["level", "log_return"])

@@ -14,27 +14,66 @@ from typing import Any
 import numpy as np
 import torch
 
-from lstm_grad.forecaster.metrics import ForecastMetrics
+from lstm_grad.forecaster.intervals import trailing_scale
+from lstm_grad.forecaster.metrics import ForecastMetrics, naive_scale
 
 AR_LAGS = (1, 2, 5, 10, 20, 60)  # candidate context lengths for the linear AR, chosen on val MAE
 
 
-def forecast_metrics(pred: np.ndarray, actual: np.ndarray, anchor: np.ndarray) -> dict[str, float]:
+def forecast_metrics(pred: np.ndarray, actual: np.ndarray, anchor: np.ndarray,
+                     scale: float | None = None) -> dict[str, float]:
     """Return ``ForecastMetrics``' values (the models' own metrics) for numpy price forecasts.
 
-    ``pred``, ``actual`` (N, H) prices, ``anchor`` (N,) last observed price. ``mae``/``mse`` in
-    price units, ``mape`` in percent, ``mase`` = MAE / persistence MAE on the same targets,
-    ``dir_acc`` = share of (window, step) pairs whose predicted change from the anchor has the
-    sign of the actual change, pairs whose actual price equals the anchor left out (NaN when none
-    moved): pass raw prices, not prices rebuilt from scaled targets.
+    ``pred``, ``actual`` (N, H) prices, ``anchor`` (N,) last observed price, ``scale`` Hyndman's MASE
+    scale of the training span (:func:`~lstm_grad.forecaster.metrics.naive_scale`; ``mase`` is NaN
+    without it). ``mae``/``mse`` in price units, ``mape`` in percent, ``rel_mae`` = MAE / persistence
+    MAE on the same targets, ``dir_acc`` = share of (window, step) pairs whose predicted change from
+    the anchor has the sign of the actual change, pairs whose actual price equals the anchor left out
+    (NaN when none moved): pass raw prices, not prices rebuilt from scaled targets.
 
-    >>> m = forecast_metrics(np.array([[11.0], [9.0]]), np.array([[12.0], [8.0]]), np.array([10.0, 10.0]))
-    >>> {k: round(v, 4) for k, v in m.items()}
-    {'mae': 1.0, 'mse': 1.0, 'mape': 10.4167, 'mase': 0.5, 'naive_mae': 2.0, 'naive_mape': 20.8333, 'dir_acc': 1.0}
+    >>> m = forecast_metrics(np.array([[11.0], [9.0]]), np.array([[12.0], [8.0]]), np.array([10.0, 10.0]), 4.0)
+    >>> {k: round(v, 4) for k, v in m.items() if k in ("mae", "rel_mae", "mase", "dir_acc", "up_pred", "up_actual")}
+    {'mae': 1.0, 'rel_mae': 0.5, 'mase': 0.25, 'dir_acc': 1.0, 'up_pred': 0.5, 'up_actual': 0.5}
     """
     metrics = ForecastMetrics()  # float64 throughout, as the models' own
+    metrics.scale = scale
     metrics.update(*(torch.as_tensor(np.asarray(a, dtype=np.float64)) for a in (pred, actual, anchor)))
     return {k: float(v) for k, v in metrics.compute().items()}
+
+
+def train_prices(data: Any) -> np.ndarray:
+    """Return the raw float64 target prices of a set-up data module's train span (N_train,)."""
+    return np.asarray(data._raw["prices"][: data._raw["train_rows"]], dtype=np.float64)
+
+
+def drift_slope(prices: np.ndarray) -> float:
+    """Return the drift method's slope ``(p_last - p_first) / (n - 1)`` (price units per step).
+
+    >>> drift_slope(np.array([1.0, 2.0, 4.0]))
+    1.5
+    """
+    prices = np.asarray(prices, dtype=np.float64)
+    if len(prices) < 2:
+        raise ValueError(f"drift: need at least 2 train prices, got {len(prices)}")
+    return float((prices[-1] - prices[0]) / (len(prices) - 1))
+
+
+def train_reference(data: Any) -> dict[str, float]:
+    """Return what a data module's train span fixes for evaluation: ``mase_scale`` (Hyndman's
+    :func:`naive_scale`), ``drift_slope`` and ``train_log_vol`` (std, ddof 1, of its daily log returns,
+    for persistence's random-walk interval; NaN for a series with non-positive prices)."""
+    prices = train_prices(data)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_vol = float(np.std(np.diff(np.log(prices)), ddof=1)) if (prices > 0).all() else float("nan")
+    return {"mase_scale": naive_scale(prices), "drift_slope": drift_slope(prices), "train_log_vol": log_vol}
+
+
+def anchor_scale(data: Any, split: str, index: Any) -> np.ndarray:
+    """Return sigma_t (:func:`~lstm_grad.forecaster.intervals.trailing_scale`) at the last observed day
+    of windows ``index`` of a split, from the raw float64 prices: (B,)."""
+    ds = data.datasets[split]
+    rows = ds.start[torch.as_tensor(index).cpu()].numpy() + data.window - 1  # each window's anchor row
+    return trailing_scale(data._raw["prices"], rows)
 
 
 def persistence_forecast(anchor: np.ndarray, horizon: int) -> np.ndarray:
@@ -58,10 +97,7 @@ def drift_forecast(anchor: np.ndarray, train_prices: np.ndarray, horizon: int) -
     >>> drift_forecast(np.array([10.0]), np.array([1.0, 2.0, 4.0]), 2).tolist()
     [[11.5, 13.0]]
     """
-    train_prices = np.asarray(train_prices, dtype=np.float64)
-    if len(train_prices) < 2:
-        raise ValueError(f"drift: need at least 2 train prices, got {len(train_prices)}")
-    slope = (train_prices[-1] - train_prices[0]) / (len(train_prices) - 1)
+    slope = drift_slope(train_prices)
     steps = np.arange(1, horizon + 1, dtype=np.float64)
     return np.asarray(anchor, dtype=np.float64)[:, None] + slope * steps[None, :]
 
@@ -111,8 +147,9 @@ def baseline_forecasts(data: Any, lags_grid: Sequence[int] = AR_LAGS) -> dict[st
     The AR is fitted on the train windows in the data module's scaled target space (scaled price
     for ``level``, scaled log return for ``log_return``) and its number of lags is chosen by val
     MAE in price units; the test span is never used to choose. Returns ``{name: {"pred", "actual",
-    "anchor" (test prices: raw float64), "metrics", "lags"}}`` for ``persistence``, ``drift`` (slope
-    from the raw train-span prices, :func:`drift_forecast`) and ``linear_ar``.
+    "anchor" (test prices: raw float64), "metrics" (with Hyndman's ``mase`` on the train span's scale),
+    "lags"}}`` for ``persistence``, ``drift`` (slope from the raw train-span prices, :func:`drift_forecast`)
+    and ``linear_ar``.
     """
     x_train, y_train, _, _ = _split_arrays(data, "train")
     x_val, _, a_val, actual_val = _split_arrays(data, "val")
@@ -129,12 +166,9 @@ def baseline_forecasts(data: Any, lags_grid: Sequence[int] = AR_LAGS) -> dict[st
     _, lags, coef = best
     ar_pred = _prices(data, predict_linear_ar(coef, x_test, lags), a_test)
     naive = persistence_forecast(a_test, horizon)
-    drift = drift_forecast(a_test, data._raw["prices"][: data._raw["train_rows"]], horizon)
-    return {
-        "persistence": {"pred": naive, "actual": actual, "anchor": a_test, "lags": 0,
-                        "metrics": forecast_metrics(naive, actual, a_test)},
-        "drift": {"pred": drift, "actual": actual, "anchor": a_test, "lags": 0,
-                  "metrics": forecast_metrics(drift, actual, a_test)},
-        "linear_ar": {"pred": ar_pred, "actual": actual, "anchor": a_test, "lags": lags,
-                      "metrics": forecast_metrics(ar_pred, actual, a_test)},
-    }
+    prices = train_prices(data)
+    drift, scale = drift_forecast(a_test, prices, horizon), naive_scale(prices)
+    forecasts = {"persistence": (naive, 0), "drift": (drift, 0), "linear_ar": (ar_pred, lags)}
+    return {name: {"pred": pred, "actual": actual, "anchor": a_test, "lags": k,
+                   "metrics": forecast_metrics(pred, actual, a_test, scale)}
+            for name, (pred, k) in forecasts.items()}
