@@ -118,7 +118,7 @@ def item_monitor_user_model(cfg: BenchConfig, dm: GoldDataModule) -> dict[str, A
     for round_ in range(cfg.warmup + max(3, cfg.repeats)):
         pl.seed_everything(round_, verbose=False)
         monitor, clock = GradientMonitor(), HookClock()
-        clock.wrap(monitor, "monitor", [*overridden_hooks(monitor, pl.Callback), "_finish"])
+        clock.wrap(monitor, "monitor", [*overridden_hooks(monitor, pl.Callback), "_after_clip"])
         folder = tempfile.mkdtemp(prefix="bench_user_")
         trainer = pl.Trainer(max_epochs=cfg.epochs, logger=TensorBoardLogger(folder, name="bench"),
                              enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
@@ -126,7 +126,7 @@ def item_monitor_user_model(cfg: BenchConfig, dm: GoldDataModule) -> dict[str, A
                              callbacks=[monitor])
         result = hook_shares(lambda: trainer.fit(UserLSTM(dm.n_features), datamodule=dm), clock, time.perf_counter)
         shutil.rmtree(folder, ignore_errors=True)
-        steps = clock.calls["monitor._finish"]  # one per optimizer step, every one logged here
+        steps = clock.calls["monitor._after_clip"]  # one per optimizer step, every one logged here
         # the measure: the cost of one logged step as a share of one epoch
         result["per_logged_step_of_epoch"] = (result["diagnostics_s"] / steps) / (result["fit_s"] / cfg.epochs)
         if round_ >= cfg.warmup:
@@ -152,9 +152,8 @@ def item_diagnostics(cfg: BenchConfig, dm: GoldDataModule) -> dict[str, Any]:
         clock = HookClock()
         for callback in cli.trainer.callbacks:
             if isinstance(callback, (GradientMonitor, TimeGradientProbe)):
-                extra = ["_finish"] if isinstance(callback, GradientMonitor) else []
+                extra = ["_after_clip"] if isinstance(callback, GradientMonitor) else []
                 clock.wrap(callback, type(callback).__name__, [*overridden_hooks(callback, pl.Callback), *extra])
-        clock.wrap(cli.model, "LSTMForecaster", ["on_after_backward"])
         result = hook_shares(lambda: cli.trainer.fit(cli.model, datamodule=cli.datamodule), clock, time.perf_counter)
         result["epochs"] = cli.trainer.current_epoch
         shutil.rmtree(folder, ignore_errors=True)

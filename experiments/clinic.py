@@ -28,12 +28,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from experiments.clinic_report import MAX_ROUNDS, PROBLEMS, _finding_cell, _present, render, thresholds_used
 from experiments import CODE_PATHS
 
-MAX_ROUNDS = 3  # the planted run and at most two fixes
 LOG_EVERY = 2  # log_every_n_steps: enough logged steps in a few epochs of 16 batches
 COMMAND = "python -m experiments.clinic"
-PROBLEMS = ("error", "warning")
 # the number that shows a kind's cure: (key of the round's metrics, label, format)
 METRICS = {
     "vanishing_depth": ("ratio_first_last", "grad ratio first/last layer", ".2g"),
@@ -173,12 +172,6 @@ def run_case(case: dict[str, Any], run_root: Path) -> dict[str, Any]:
     return judge(case, rounds, fixes, treated)
 
 
-def _present(record: dict[str, Any]) -> list[str]:
-    """The kinds still reported that a fix was meant to remove (warnings and errors; ``no_gradient``, an
-    info, counts too: its cure is its absence)."""
-    return [f["kind"] for f in record["findings"] if f["severity"] in PROBLEMS or f["kind"] == "no_gradient"]
-
-
 def judge(case: dict[str, Any], rounds: list[dict[str, Any]], fixes: list[str], treated: str | None) -> dict[str, Any]:
     first, last = rounds[0], rounds[-1]
     out = {"name": case["name"], "planted": case["planted"], "expect": case["expect"], "fixes": fixes,
@@ -202,111 +195,6 @@ def _metric(kind: str, first: dict[str, Any], last: dict[str, Any]) -> dict[str,
 
 
 # ---- the page -----------------------------------------------------------------------------------------
-def thresholds_used() -> list[dict[str, Any]]:
-    """Every threshold of :mod:`lstm_grad.diagnostics.thresholds` with its source, as the run used them."""
-    from lstm_grad.diagnostics import thresholds as T
-
-    rows = []
-    for name in (n for n in vars(T) if n.isupper() and not n.endswith("_SOURCE")):
-        parts = name.split("_")  # SPIKE_MIN_HISTORY -> SPIKE_MIN_HISTORY_SOURCE, SPIKE_MIN_SOURCE, SPIKE_SOURCE
-        stems = ("_".join(parts[:k]) for k in range(len(parts), 0, -1))
-        source = next((getattr(T, f"{stem}_SOURCE") for stem in stems if hasattr(T, f"{stem}_SOURCE")), "")
-        rows.append({"name": name, "value": getattr(T, name), "source": source})
-    return rows
-
-
-def _num(value: Any, spec: str) -> str:
-    if value is None:
-        return "n/a"
-    return format(int(value), "d") if spec == "d" else format(value, spec)
-
-
-def _finding_cell(findings: list[dict[str, Any]]) -> str:
-    if not findings:
-        return "none"
-    top = findings[0]
-    groups = f" ({', '.join(top['groups'])})" if top["groups"] else ""
-    return f"{top['kind']}{groups} [{top['severity']}]"
-
-
-def _after_cell(case: dict[str, Any]) -> str:
-    if len(case["rounds"]) < 2:
-        return "—"
-    last = case["rounds"][-1]
-    left = sorted(_present(last))
-    return (", ".join(left) + " left") if left else f"no warning (top: {_finding_cell(last['findings'])})"
-
-
-def table(cases: list[dict[str, Any]]) -> list[str]:
-    lines = [("| case | planted cause | top finding (kind + groups) | fix applied | finding after the fix | "
-             "metric before → after | passed |"), "| --- | --- | --- | --- | --- | --- | --- |"]
-    for case in cases:
-        m = case["metric"]
-        before, after = _num(m["before"], m["format"]), _num(m["after"], m["format"])
-        metric = f"{m['label']}: {before}" + (f" → {after}" if len(case["rounds"]) > 1 else "")
-        fixes = " ; ".join(case["fixes"]) or "—"
-        passed = "yes" if case["named"] and case["cured"] else "**no**"
-        lines.append(f"| {case['name']} | {case['planted']} | {_finding_cell(case['rounds'][0]['findings'])} | "
-                     f"{fixes} | {_after_cell(case)} | {metric} | {passed} |")
-    return lines
-
-
-def headline(cases: list[dict[str, Any]]) -> str:
-    planted = [c for c in cases if c["expect"]]
-    controls = [c for c in cases if not c["expect"]]
-    disagree = [c["name"] for c in cases if not c["agree"]]
-    agreement = ("Live and offline (`signals_of(read_run(dir))`) findings agree on every run." if not disagree else
-                 f"Live and offline (`signals_of(read_run(dir))`) findings differ in: {', '.join(disagree)}.")
-    return (f"**{sum(c['named'] and c['cured'] for c in planted)} of {len(planted)} planted causes named first and "
-            f"cured; {sum(c['named'] for c in controls)} of {len(controls)} controls without a warning.** {agreement}")
-
-
-def failures(cases: list[dict[str, Any]]) -> list[str]:
-    """One line per case that did not pass: what the doctor said instead, and where its fix led."""
-    lines = []
-    for c in cases:
-        top = _finding_cell(c["rounds"][0]["findings"])
-        if not c["expect"] and not c["named"]:
-            lines.append(f"- {c['name']}: top finding {top}; expected no warning")
-        elif c["expect"] and not c["named"]:
-            fixed = f"; after its fix ({' ; '.join(c['fixes'])}): {_after_cell(c)}" if c["fixes"] else ""
-            lines.append(f"- {c['name']}: top finding {top}; expected {' or '.join(c['expect'])}{fixed}")
-        elif c["expect"] and not c["cured"]:
-            lines.append(f"- {c['name']}: named first, but after its fix ({' ; '.join(c['fixes']) or 'none'}): "
-                         f"{_after_cell(c)}")
-    return ["Not passed:", "", *lines, ""] if lines else []
-
-
-def render(data: dict[str, Any]) -> str:
-    """The page ``docs/clinic.md``, computed from ``results/clinic.json`` alone."""
-    cases = data["cases"]
-    lines = ["# The clinic: planted gradient pathologies and the doctor's diagnosis", "",
-             "<!-- generated by `python -m experiments.clinic` from results/clinic.json; do not edit -->", "",
-             ("Small models (CPU, seconds each) with one planted cause each, trained with `GradientMonitor` and "
-             "`TimeGradientProbe`; the live doctor's top finding, its own fix applied, and the run repeated "
-             f"(up to {MAX_ROUNDS - 1} fixes while the treated kind remains). A planted case passes when its cause "
-             "is the top finding and no warning of that kind is left after the fix; a control passes without any "
-             "warning."), "", headline(cases), "", *table(cases), "", *failures(cases)]
-    origins = [(c["name"], c["rounds"][0]["origin"]) for c in cases if c["rounds"][0].get("origin")]
-    if origins:
-        lines += ["Non-finite origin found by the monitor's replay:", ""]
-        lines += [f"- {name}: {origin}" for name, origin in origins]
-        lines.append("")
-    lines += ["## What the doctor said", "", "The top finding of each planted run, as the monitor reported it.", ""]
-    for case in (c for c in cases if c["expect"]):
-        top = case["rounds"][0]["findings"][0]
-        evidence = ", ".join(f"{k} {v}" for k, v in top["evidence"].items() if k != "source")
-        lines.append(f"- **{case['name']}**: [{top['severity']}] {top['kind']}: {top['summary']} ({evidence}). "
-                     f"Fix: {top['fix']}")
-    lines += ["", "## Thresholds used", "", "From `lstm_grad.diagnostics.thresholds` at the run's commit.", "",
-              "| name | value | source |", "| --- | --- | --- |"]
-    lines += [f"| `{t['name']}` | {t['value']:g} | {t['source']} |" for t in data["thresholds"]]
-    lines += ["", "## Provenance", "", (f"`{data['command']}` at commit `{data['commit']}`; torch {data['torch']}, "
-              f"lightning {data['lightning']}; {data['runs']} runs, {data['wall_s']:.0f} s wall time in all."), ""]
-    return "\n".join(lines)
-
-
-# ---- the command --------------------------------------------------------------------------------------
 def provenance() -> dict[str, Any]:
     import lightning
     import torch
