@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lstm_grad.diagnostics.doctor import SEVERITIES, Finding, Signals, examine
+from lstm_grad.diagnostics.findings import json_safe
 from lstm_grad.diagnostics.events import DiagnoseError, RunReport, find_event_dir, read_run
 from lstm_grad.diagnostics.run_signals import signals_of
 from lstm_grad.diagnostics.thresholds import VANISH_ABS
@@ -169,20 +170,9 @@ def format_reports(diagnoses: Sequence[Diagnosis]) -> str:
     return "\n".join(lines).rstrip()
 
 
-def _finite(value: Any) -> Any:
-    """NaN / Inf as strings, so the JSON is standard (``json.dumps`` would write bare ``NaN``)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def findings_json(diagnoses: Sequence[Diagnosis]) -> dict[str, Any]:
     """The ``--json`` document: every run's findings (:meth:`Finding.to_json`), most severe first."""
-    return {"runs": [{"run": d.report.name, "findings": [_finite(f.to_json()) for f in d.findings]}
+    return {"runs": [{"run": d.report.name, "findings": [json_safe(f.to_json()) for f in d.findings]}
                      for d in diagnoses]}
 
 

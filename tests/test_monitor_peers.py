@@ -10,7 +10,6 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from lstm_grad.diagnostics import GradientMonitor
 
@@ -53,7 +52,7 @@ def trainer_kwargs(logger: Memory, recorder: Recorder) -> dict:
             "enable_checkpointing": False}
 
 
-def check(logger: Memory, recorder: Recorder, rnn: str) -> None:
+def check(logger: Memory, recorder: Recorder, rnn: str) -> int:
     totals = logger.values["grad_norm/total"]
     assert len(totals) == len(recorder.pre) >= 3
     for step, expected in zip(sorted(totals), recorder.pre):
@@ -62,6 +61,7 @@ def check(logger: Memory, recorder: Recorder, rnn: str) -> None:
         assert len(layers) == 2  # one group per layer of the 2-layer nn.LSTM
         by_layer = math.sqrt(sum(layer[step] ** 2 for layer in layers))
         assert math.isclose(by_layer, expected[rnn], rel_tol=1e-5)
+    return len(totals)
 
 
 def test_darts_block_rnn_logs_true_per_layer_norms():
@@ -73,7 +73,7 @@ def test_darts_block_rnn_logs_true_per_layer_norms():
     model = BlockRNNModel(input_chunk_length=12, output_chunk_length=1, model="LSTM", hidden_dim=8, n_rnn_layers=2,
                           n_epochs=1, batch_size=32, random_state=0, pl_trainer_kwargs=trainer_kwargs(logger, recorder))
     model.fit(darts.TimeSeries.from_values(values))
-    check(logger, recorder, "rnn")
+    assert check(logger, recorder, "rnn") == len(recorder.pre) >= 3  # every optimizer step compared
 
 
 def test_neuralforecast_lstm_logs_true_per_layer_norms():
@@ -91,4 +91,4 @@ def test_neuralforecast_lstm_logs_true_per_layer_norms():
     fitted = forecaster.models[0].trainer_kwargs  # NeuralForecast trains deep copies of the models it is given
     logger, recorder = fitted["logger"], fitted["callbacks"][1]
     rnn = next(k.split("/", 1)[1].rsplit(".", 1)[0] for k in logger.values if k.endswith(".l0"))
-    check(logger, recorder, rnn)
+    assert check(logger, recorder, rnn) == len(recorder.pre) == 4  # max_steps=4: every step compared

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lstm_grad.diagnostics.doctor import Finding, Signals, examine
-from lstm_grad.diagnostics.findings import _fmt
+from lstm_grad.diagnostics.findings import _fmt, json_safe
 from lstm_grad.diagnostics.origin import nonfinite_origin
 from lstm_grad.diagnostics.run_signals import CONTEXT_TAG
 from lstm_grad.diagnostics.timegrad import time_reach
@@ -144,7 +143,7 @@ class LiveDoctor:
         path = Path(run_dir) / f"gradient_forensics_step{step}.json"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"finding": finding.to_json(), "steps": _finite(list(tracker.recent))},
+            path.write_text(json.dumps({"finding": finding.to_json(), "steps": json_safe(list(tracker.recent))},
                                        indent=1))
         except OSError as error:
             LOG.warning("could not write %s: %s", path, error)
@@ -155,7 +154,7 @@ class LiveDoctor:
     def context(self, tracker: GradientTracker) -> dict[str, Any]:
         """What the event files cannot say, for ``diagnose``: model order, clip value, settings..."""
         return {"groups": list(tracker.groups.names), "clip_value": self.clip_value, "window": self.window,
-                "no_gradient": tracker.missing_groups(), "nonfinite": _finite(tracker.nonfinite_events),
+                "no_gradient": tracker.missing_groups(), "nonfinite": json_safe(tracker.nonfinite_events),
                 "hparams": {k: v for k, v in self.hparams.items() if _plain(v)}}
 
 
@@ -164,14 +163,3 @@ def _plain(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(isinstance(v, (int, float, str, bool)) for v in value)
     return isinstance(value, (int, float, str, bool)) or value is None
-
-
-def _finite(value: Any) -> Any:
-    """Replace NaN / Inf by strings so the JSON is standard."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
