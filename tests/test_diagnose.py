@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from lstm_grad import diagnose
 from lstm_grad.diagnostics import GradientMonitor, TimeGradientProbe
+from lstm_grad.diagnostics.texts import data_of
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,30 @@ def live_findings(folder) -> list[dict]:
             for value in event.summary.value:
                 if value.tag == "doctor/findings/text_summary":
                     texts.append(value.tensor.string_val[0].decode())
-    return json.loads(texts[-1])
+    return data_of(texts[-1])  # the Markdown's values (lstm_grad.diagnostics.texts)
+
+
+def test_text_tab_shows_tables_and_words_and_keeps_the_values(run_dir):
+    """TensorBoard's TEXT tab renders each record as TensorBoard itself does (markdown_to_safe_html): no JSON
+    is shown, and the values diagnose reads back are the probe's exact profile."""
+    from tensorboard.plugin_util import markdown_to_safe_html
+
+    from lstm_grad.diagnostics.events import load_events
+
+    _, scalars, texts = load_events(run_dir)
+    shown = {tag.split("/text_summary")[0]: markdown_to_safe_html(records[-1][1]) for tag, records in texts.items()}
+    assert {"grad_time/profile_values", "doctor/context", "doctor/findings"} <= set(shown)
+    for tag in ("grad_time/profile_values", "doctor/context", "doctor/findings"):
+        assert "{" not in shown[tag] and "lstm-grad data" not in shown[tag], tag
+    assert "<table>" in shown["grad_time/profile_values"] and "<td>|dL/dx_t|</td>" in shown["grad_time/profile_values"]
+    assert "<td>parameter groups (model order)</td>" in shown["doctor/context"]
+    assert "evidence:" in shown["doctor/findings"] and "fix:" in shown["doctor/findings"]
+    step, text = texts["grad_time/profile_values/text_summary"][-1]
+    entry = data_of(text)
+    assert len(entry["profile"]) == 12 and entry["label"] == "epoch 1"
+    assert math.isclose(scalars["grad_time/lag_1"][step], entry["profile"][-1], rel_tol=1e-6)
+    assert f"reach {scalars['grad_time/reach'][step]:.0f} of 12 steps" in text
+    assert data_of(texts["doctor/context/text_summary"][-1][1])["window"] == 12
 
 
 def test_json_lists_each_runs_findings_as_the_live_doctor_found_them(run_dir, tmp_path, capsys):

@@ -183,7 +183,7 @@ def test_residual_default_is_silent_and_logs_clip_rate_layout_histograms_figure(
     assert [(c[0], c[1], c[3]) for c in calls if c[0] in ("add_figure", "add_image")] == [
         ("add_image", "grad_time/heatmap", 2 * n)]
     image = next(c[2] for c in calls if c[0] == "add_image")
-    assert image.shape == (3 * 12, trainer.datamodule.window * 6, 3)  # 3 probes x window lags, 12 x 6 px cells
+    assert image.shape == (180, 560, 3) and str(image.dtype) == "uint8"  # 3 probes: 7 x (1.6 + 3 x 0.22) in, 80 dpi
     clipped = values["grad_health/clipped"]
     for step, rate in values["grad_health/clip_rate"].items():
         upto = [clipped[s] for s in clipped if s <= step]
@@ -263,16 +263,22 @@ def test_one_measurement_per_step_and_each_tag_written_once(tmp_path, monkeypatc
                         math.sqrt(sum(p.numel() for p in trainer.lightning_module.model.head.parameters())), rel_tol=1e-6)
 
 
-def test_heatmap_image_maps_the_log_scale_onto_viridis():
+def test_heatmap_figure_is_labelled_and_maps_the_log_scale_onto_viridis():
     from matplotlib import colormaps
 
-    from lstm_grad.diagnostics.figures import heatmap_image
+    from lstm_grad.diagnostics.figures import figure_rgb, heatmap_figure
 
     rows = [[1e-4, 1e-2, 1.0], [1.0, 1.0, 1.0]]  # time order: the last element is lag 1
-    image = heatmap_image(rows, cell=(2, 3))
-    assert image.shape == (4, 9, 3) and image.dtype == torch.uint8
-    lowest, highest = (torch.tensor(colormaps["viridis"](v, bytes=True)[:3]) for v in (0.0, 1.0))
-    assert torch.equal(image[0, 0], highest)  # lag 1 of the first probe: the largest value
-    assert torch.equal(image[0, 8], lowest)  # lag 3: the smallest (1e-4)
-    middle = torch.tensor(colormaps["viridis"](0.5, bytes=True)[:3])  # 1e-2 is half-way on a log scale
-    assert torch.equal(image[1, 4], middle) and torch.equal(image[3, 0], highest)
+    figure = heatmap_figure(["before training", "epoch 1"], rows)
+    axis, bar = figure.axes
+    image = axis.get_images()[0]
+    assert image.get_array().tolist() == [[1.0, 1e-2, 1e-4], [1.0, 1.0, 1.0]]  # lag 1 at the left
+    assert (image.norm.vmin, image.norm.vmax) == (1e-4, 1.0) and type(image.norm).__name__ == "LogNorm"
+    assert axis.get_xlabel() == "lag (steps before the prediction)" and axis.get_ylabel() == "probe"
+    assert [t.get_text() for t in axis.get_yticklabels()] == ["before training", "epoch 1"]
+    assert bar.get_ylabel() == "|dL/dx_t| (log scale)"
+    pixels = figure_rgb(figure)
+    assert pixels.shape == (int(figure.bbox.height), int(figure.bbox.width), 3) and pixels.dtype == torch.uint8
+    colours = {tuple(p) for p in pixels.reshape(-1, 3).tolist()}
+    for share in (0.0, 0.5, 1.0):  # 1e-4, 1e-2 (half-way on a log scale) and 1 are all drawn
+        assert tuple(colormaps["viridis"](share, bytes=True)[:3]) in colours

@@ -49,9 +49,11 @@ def test_fit_command_logs_true_norms_for_every_layer_and_writes_predictions(tmp_
     predictions = pd.read_csv(run_dir / "predictions.csv", parse_dates=["date"])
     gold = load_series("embedded")["gold"]
     assert len(predictions) == 60  # 300 days: 20 % test span = 60 target days
-    assert predictions["actual"].to_numpy() == pytest.approx(gold.loc[predictions["date"]].to_numpy(), abs=1e-2)
+    assert (predictions["actual"].to_numpy() == gold.loc[predictions["date"]].to_numpy()).all()  # full precision
     previous = gold.shift(1).loc[predictions["date"]].to_numpy()
-    assert predictions["persistence"].to_numpy() == pytest.approx(previous, abs=1e-2)
+    assert (predictions["persistence"].to_numpy() == previous).all()
+    bounds = predictions[["lower_95", "lower_80", "predicted", "upper_80", "upper_95"]].to_numpy()
+    assert (bounds[:, :-1] < bounds[:, 1:]).all()  # nested 80 % inside 95 %, around the forecast
     assert (run_dir / "predictions.png").stat().st_size > 10_000
 
 

@@ -10,7 +10,6 @@ parameters at every step, so ``diagnose`` works on a run someone already has.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lstm_grad.diagnostics.groups import group_names
+from lstm_grad.diagnostics.texts import data_of
 
 SUMMARY = ("total", "total_clipped")
 LIGHTNING_NORM = re.compile(r"^grad_2\.0_norm/(?P<param>.+?)(?P<suffix>_step|_epoch)?$")
@@ -140,7 +140,7 @@ def read_run(run_dir: str | Path, threshold: float = 1e-5) -> RunReport:
         report.reach = [v for _, v in series("grad_time/reach")]
     text_tag = next((t for t in texts if t.startswith("grad_time/profile_values")), None)
     for step, text in texts.get(text_tag, []) if text_tag else []:
-        entry = json.loads(text)
+        entry = data_of(text)
         report.profiles.append((step, entry["label"], [float(v) for v in entry["profile"]]))
     report.scalars, report.texts = scalars, texts
     return report

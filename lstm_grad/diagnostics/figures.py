@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -124,29 +125,23 @@ def draw_norms(axis: Any, norms: Mapping[str, Sequence[tuple[int, float]]], orde
         axis.legend(fontsize=7, loc="best")
 
 
-def heatmap_figure(labels: Sequence[str], rows: Sequence[Sequence[float]], title: str = "") -> Any:
-    """One heat map with its colour bar (|dL/dx_t|, log scale)."""
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(7, 1.2 + 0.25 * len(rows)))
+def heatmap_figure(labels: Sequence[str], rows: Sequence[Sequence[float]], title: str = "", dpi: int = 80) -> Any:
+    """One labelled heat map: probes (rows, oldest on top) x lag (columns, lag 1 at the left) of |dL/dx_t|,
+    log colour scale with its colour bar. A ``matplotlib.figure.Figure`` drawn without pyplot (no GUI
+    backend, nothing kept open): about 8 cm x (2 + rows / 4) cm at ``dpi``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 1.6 + 0.22 * len(rows)), dpi=dpi)
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot()
     image = draw_heatmap(axis, labels, rows, title or "Gradient through time across training")
-    figure.colorbar(image, ax=axis, label="|dL/dx_t|")
+    figure.colorbar(image, ax=axis, label="|dL/dx_t| (log scale)")
     figure.tight_layout()
-    plt.close(figure)
     return figure
 
 
-def heatmap_image(rows: Sequence[Sequence[float]], cell: tuple[int, int] = (12, 6)) -> Tensor:
-    """Return the epoch x lag heat map as an RGB image, (probes * cell[0], lags * cell[1], 3) uint8.
-
-    The same grid and log colour scale (viridis) as :func:`draw_heatmap`, without axes: a colour map
-    applied to an array costs milliseconds, where rendering a labelled matplotlib figure at the end of
-    training cost ~0.5 s, the largest single cost of the default diagnostics (``benchmarks.bench``
-    item 3). Rows top to bottom are probes oldest first; columns left to right are lag 1, 2, ...
-    """
-    from matplotlib import colormaps  # the colour table only; pyplot is not imported
-
-    grid, low, high = _log_grid(rows)
-    scaled = (grid.clamp_min(low).log() - math.log(low)) / (math.log(high) - math.log(low))
-    rgba = colormaps["viridis"](scaled.clamp(0, 1).numpy(), bytes=True)  # (probes, lags, 4) uint8
-    image = torch.from_numpy(rgba[..., :3])
-    return image.repeat_interleave(cell[0], dim=0).repeat_interleave(cell[1], dim=1)  # (H, W, 3)
+def figure_rgb(figure: Any) -> Tensor:
+    """Render a figure drawn on an Agg canvas; return its pixels as (H, W, 3) uint8 (TensorBoard's HWC)."""
+    figure.canvas.draw()
+    return torch.from_numpy(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())

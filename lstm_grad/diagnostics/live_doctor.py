@@ -13,6 +13,7 @@ from lstm_grad.diagnostics.doctor import Finding, Signals, examine
 from lstm_grad.diagnostics.findings import _fmt, json_safe
 from lstm_grad.diagnostics.origin import nonfinite_origin
 from lstm_grad.diagnostics.run_signals import CONTEXT_TAG
+from lstm_grad.diagnostics.texts import context_markdown, findings_markdown, with_data
 from lstm_grad.diagnostics.timegrad import time_reach
 from lstm_grad.diagnostics.tracker import GradientTracker
 
@@ -63,9 +64,11 @@ class LiveDoctor:
 
     def write_texts(self, trainer: Any, tracker: GradientTracker, step: int) -> None:
         """Write ``doctor/context`` (what ``diagnose`` needs besides the scalars) and ``doctor/findings``
-        as TensorBoard text, on rank 0."""
-        context = json.dumps(self.context(tracker), default=str)
-        findings = json.dumps([f.to_json() for f in self.findings], default=str)
+        as TensorBoard text on rank 0: Markdown for the TEXT tab, the values in a comment (:mod:`.texts`)."""
+        context = self.context(tracker)
+        context = with_data(context_markdown(context), context)
+        findings = [json_safe(f.to_json()) for f in self.findings]
+        findings = with_data(findings_markdown(findings), findings)
         for logger in trainer.loggers if trainer.is_global_zero else []:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_text"):

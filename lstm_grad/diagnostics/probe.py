@@ -14,7 +14,6 @@ backward ...) says so in one warning and turns itself off; training goes on.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lstm_grad.diagnostics.gates import gate_saturation
-from lstm_grad.diagnostics.figures import heatmap_figure, heatmap_image, profile_figure
+from lstm_grad.diagnostics.figures import figure_rgb, heatmap_figure, profile_figure
+from lstm_grad.diagnostics.texts import profile_markdown, with_data
 from lstm_grad.diagnostics.timegrad import lag_value, probe_gradients, time_reach
 from lstm_grad.diagnostics.trainer_state import Callback, overrides
 from lstm_grad.diagnostics.tracker import GradientHealthWarning
@@ -38,8 +38,8 @@ class TimeGradientProbe(Callback):
     Scalars (rank 0, at the current ``global_step``, through every logger): ``grad_time/lag_<k>`` for
     each of ``lags`` that fits in the window (lag 1 = the last input step), ``grad_time/reach``
     (largest lag whose gradient is >= ``fraction`` of the largest: the model's effective memory in
-    steps) and ``grad_act/<layer>``. TensorBoard-like loggers also get the profile as JSON text
-    (``grad_time/profile_values``) after every probe, and at the end of training the last profile
+    steps) and ``grad_act/<layer>``. TensorBoard-like loggers also get the profile as text
+    (``grad_time/profile_values``: a Markdown table, every value in a comment, :mod:`.texts`) after every probe, and at the end of training the last profile
     (``grad_time/profile``, with ``log_figure``) and the epoch x lag heat map (``grad_time/heatmap``) as images.
 
     Args:
@@ -49,10 +49,8 @@ class TimeGradientProbe(Callback):
             stay under 3 % of the run; ``benchmarks.bench`` item 3).
         lags: lags logged as scalars; lags beyond the window are skipped.
         fraction: share of the largest gradient that still counts as reached.
-        log_figure: also draw the last profile (``grad_time/profile``) and a labelled heat map
-            (``grad_time/heatmap_figure``) as matplotlib figures when training ends (~0.5 s, more
-            than all the epochs' probes of a short run); the plain heat-map image
-            ``grad_time/heatmap`` is always logged, and ``diagnose`` draws the labelled one.
+        log_figure: also draw the last profile (``grad_time/profile``) as a matplotlib figure when training
+            ends; the labelled heat map ``grad_time/heatmap`` (axes, probe labels, colour bar) is always logged.
         probe_batch: ``(x, y)`` to probe, x (B, T, F) batch first; default: the first ``probe_size``
             windows of the validation loader, else of the train loader (batches read as ``(x, y, ...)``).
         loss_fn: ``loss_fn(prediction, y)``; default the module's own ``loss_fn`` attribute, else MSE.
@@ -185,8 +183,9 @@ class TimeGradientProbe(Callback):
             logger.log_metrics(scalars, step=trainer.global_step)
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_text"):
-                experiment.add_text(PROFILE_TAG, json.dumps({"label": self.history[-1]["label"],
-                                                             "profile": profile_list}), trainer.global_step)
+                entry = {"label": self.history[-1]["label"], "profile": profile_list}
+                text = profile_markdown(entry["label"], profile_list, scalars["grad_time/reach"], self.fraction)
+                experiment.add_text(PROFILE_TAG, with_data(text, entry), trainer.global_step)
         return scalars
 
     def _gate_shares(self, module: Any, x: Tensor) -> dict[str, float]:
@@ -212,18 +211,15 @@ class TimeGradientProbe(Callback):
         """Draw the last profile and the heat map (the scalars above track them every epoch)."""
         if self.off or not (self.every_n_epochs and trainer.is_global_zero and self.profile is not None):
             return
-        rows = [h["profile"] for h in self.history]
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image("grad_time/heatmap", heatmap_image(rows).numpy(), global_step=self.last_step,
-                                     dataformats="HWC")
+        rows, labels = [h["profile"] for h in self.history], [h["label"] for h in self.history]
+        experiments = [e for e in (getattr(logger, "experiment", None) for logger in trainer.loggers)
+                       if hasattr(e, "add_image")]
+        image = figure_rgb(heatmap_figure(labels, rows)).numpy() if experiments else None
+        for experiment in experiments:
+            experiment.add_image("grad_time/heatmap", image, global_step=self.last_step, dataformats="HWC")
             if self.log_figure and hasattr(experiment, "add_figure"):
                 experiment.add_figure("grad_time/profile", profile_figure(self.profile, self.last["grad_time/reach"],
                                                                           self.last_step), global_step=self.last_step)
-                labels = [h["label"] for h in self.history]
-                experiment.add_figure("grad_time/heatmap_figure", heatmap_figure(labels, rows),
-                                      global_step=self.last_step)
 
     # ---- state: the heat map continues across a resume ----------------------------------------------
     def state_dict(self) -> dict[str, Any]:

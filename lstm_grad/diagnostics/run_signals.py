@@ -10,19 +10,19 @@ a run without it (Lightning's own ``grad_norm`` tags, an older run) is diagnosed
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from lstm_grad.diagnostics.doctor import Signals
 from lstm_grad.diagnostics.events import RunReport
+from lstm_grad.diagnostics.texts import data_of
 
 CONTEXT_TAG = "doctor/context"
 
 
 def context_of(report: RunReport) -> dict[str, Any]:
-    """The last ``doctor/context`` JSON the run wrote ({} when none)."""
+    """The values of the last ``doctor/context`` text the run wrote ({} when none)."""
     tag = next((t for t in report.texts if t.startswith(CONTEXT_TAG)), None)
-    return json.loads(report.texts[tag][-1][1]) if tag else {}
+    return data_of(report.texts[tag][-1][1]) if tag else {}
 
 
 def signals_of(report: RunReport) -> Signals:

@@ -23,12 +23,16 @@ __all__ = ["DiscardRefusedRun", "EpochTimer", "PredictionWriter", "RunCard", "Ru
 log = logging.getLogger(__name__)
 
 
+INTERVAL_COLUMNS = ("lower_80", "upper_80", "lower_95", "upper_95")
+
+
 class PredictionWriter(BasePredictionWriter):
     """Write the predict span as ``predictions.csv`` and ``predictions.png``, and log the figure.
 
     The CSV has one row per (window, horizon step): ``date`` (the day being predicted; with the
     time for intraday bars), ``step`` (1..H), ``actual``, ``predicted`` and ``persistence`` (the last
-    observed price), all in price units, float64 whatever the network's precision. Files go to
+    observed price) and the conformal bounds ``lower_80, upper_80, lower_95, upper_95``, all in price units,
+    float64 whatever the network's precision, written in full precision. Files go to
     ``output_dir``, by default the TensorBoard run's folder.
 
     Args:
@@ -63,11 +67,13 @@ class PredictionWriter(BasePredictionWriter):
             "actual": actual.reshape(-1).numpy(),
             "predicted": predicted.reshape(-1).numpy(),
             "persistence": persistence.repeat_interleave(horizon).numpy(),
+            **{name: torch.cat([b[name] for b in batches]).cpu().double().reshape(-1).numpy()
+               for name in INTERVAL_COLUMNS if name in batches[0]},
         })
         folder = self._folder(trainer)
         csv_path, png_path = folder / "predictions.csv", folder / "predictions.png"
         # whole files: two tune processes may test the same best trial at once
-        write_atomic(csv_path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.4f"))
+        write_atomic(csv_path, lambda tmp: frame.to_csv(tmp, index=False))  # full float64 precision
         figure = prediction_figure(frame)
         write_atomic(png_path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
         experiment = getattr(trainer.logger, "experiment", None)
