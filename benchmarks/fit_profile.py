@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.config import BenchConfig
-from benchmarks.fits import lightning_fit, make_data, quiet
+from benchmarks.fits import PROBE_EVERY, lightning_fit, make_data, quiet
 from benchmarks.stats import machine_note
 from lstm_grad import GradientMonitor, TimeGradientProbe
 
@@ -61,7 +61,8 @@ def profile_shares(epochs: int, rounds: int) -> dict[str, object]:
     quiet()
     cfg = BenchConfig.quick_config()
     dm = make_data(cfg, cfg.last_n_days)
-    fit = lightning_fit(cfg, dm, epochs, callbacks=lambda: [GradientMonitor(), TimeGradientProbe()])
+    fit = lightning_fit(cfg, dm, epochs,
+                        callbacks=lambda: [GradientMonitor(), TimeGradientProbe(every_n_epochs=PROBE_EVERY)])
     fit()  # warm-up
     shares: dict[str, list[float]] = {name: [] for name in COSTS}
     walls = []

@@ -21,6 +21,7 @@ from lstm_grad.module import LSTMForecaster
 
 CLIP = 1.0  # the recipe's clipnorm, as in the CLI defaults
 LOG_EVERY = 10  # the CLI's default log_every_n_steps
+PROBE_EVERY = 2  # the CLI's default --time_probe.every_n_epochs
 
 
 def quiet() -> None:
@@ -41,7 +42,8 @@ def lightning_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, module_cls:
                   callbacks: Callable[[], list] | None = None, log_every: int = LOG_EVERY, seed: int = 0
                   ) -> Callable[[], pl.Trainer]:
     """Return a thunk that runs ``Trainer.fit`` the way the CLI does: TensorBoard, metrics,
-    checkpoint each epoch, clipnorm 1.0; progress bar and model summary off."""
+    checkpoint each epoch, clipnorm 1.0, no sanity check (``lstm_grad.cli.TRAINER_DEFAULTS``); progress
+    bar and model summary off."""
     def run() -> pl.Trainer:
         torch.manual_seed(seed)
         module = module_cls(n_features=dm.n_features, hidden_sizes=cfg.hidden_sizes, residual=True, init="orthogonal",
@@ -49,7 +51,7 @@ def lightning_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, module_cls:
         folder = tempfile.mkdtemp(prefix="bench_")
         trainer = pl.Trainer(max_epochs=epochs, logger=TensorBoardLogger(folder, name="bench"),
                              enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=log_every,
-                             gradient_clip_val=CLIP, default_root_dir=folder,
+                             gradient_clip_val=CLIP, default_root_dir=folder, num_sanity_val_steps=0,
                              callbacks=callbacks() if callbacks else None)
         trainer.fit(module, datamodule=dm)
         shutil.rmtree(folder, ignore_errors=True)

@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from benchmarks.config import BenchConfig
+from benchmarks.fits import PROBE_EVERY
 from benchmarks.stats import summary
 from lstm_grad import GradientMonitor, TimeGradientProbe
 from lstm_grad.data import GoldDataModule
@@ -59,8 +60,8 @@ def ours(dm: GoldDataModule, epochs: int, seed: int = 0) -> Callable[[], float]:
         timer = EpochTimer()
         trainer = pl.Trainer(max_epochs=epochs, logger=TensorBoardLogger(folder, name="bench"),
                              enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10,
-                             gradient_clip_val=1.0, default_root_dir=folder,
-                             callbacks=[timer, GradientMonitor(), TimeGradientProbe(),
+                             gradient_clip_val=1.0, default_root_dir=folder, num_sanity_val_steps=0,
+                             callbacks=[timer, GradientMonitor(), TimeGradientProbe(every_n_epochs=PROBE_EVERY),
                                         ModelCheckpoint(dirpath=folder, save_last=True, monitor="val/loss")])
         trainer.fit(module, datamodule=dm)
         shutil.rmtree(folder, ignore_errors=True)

@@ -43,6 +43,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "gradient_clip_val": 1.0,  # the recipe's clipnorm=1.0
     "gradient_clip_algorithm": "norm",
     "log_every_n_steps": 10,
+    # no sanity check: 2 validation batches before the first step cost 1.0 % of a default fit (benchmarks.fit_profile)
+    # and check code the tests already run; --trainer.num_sanity_val_steps 2 brings it back
+    "num_sanity_val_steps": 0,
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "runs", "name": NAME_TEMPLATE, "default_hp_metric": False},

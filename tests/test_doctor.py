@@ -127,7 +127,7 @@ def test_exploding_10x_after_20_steady_steps_names_the_group_that_moved_first():
     total = spiked(base.norms["total"])
     norms = dict(base.norms, total=total, lstm_1=spiked(base.norms["lstm_1"], factor=30),
                  head=spiked(base.norms["head"], factor=2))
-    finding = only(healthy(norms=norms), "exploding")
+    finding = only(healthy(norms=norms, clip_value=None), "exploding")  # no clipping to contain it
     assert finding.severity == "warning" and finding.groups == ["lstm_1"] and finding.steps == [20, 20]
     assert finding.evidence["total_norm"] == pytest.approx(16 * (1 + 0.05 * math.sin(20)))
     assert finding.evidence["spikes"] == 1 and finding.evidence["source"] == T.SPIKE_SOURCE
@@ -136,6 +136,19 @@ def test_exploding_10x_after_20_steady_steps_names_the_group_that_moved_first():
     assert factor == pytest.approx(10.41, abs=0.01)  # 10x a value a little above the median
     assert finding.strength == pytest.approx(math.log10(factor / 10))  # decades past 10x
     assert "exploding" not in kinds(healthy())
+
+
+def test_one_spike_that_clipping_contained_is_info_and_a_second_or_a_loss_spike_makes_it_a_warning():
+    base = healthy()  # clip value 1.0
+    norms = dict(base.norms, total=spiked(base.norms["total"]), lstm_1=spiked(base.norms["lstm_1"], factor=30))
+    contained = only(healthy(norms=norms), "exploding")
+    assert contained.severity == "info" and contained.groups == ["lstm_1"]
+    assert contained.summary.endswith("; clipping at 1 contained it and the loss did not spike")
+    assert contained.fix == "nothing needed; if such spikes recur, lower the learning rate"
+    twice = dict(norms, total=spiked(spiked(base.norms["total"]), step=35, factor=30))
+    assert only(healthy(norms=twice), "exploding").severity == "warning"
+    loss = spiked({s: 1.0 + 0.01 * math.sin(s) for s in STEPS})
+    assert only(healthy(norms=norms, loss=loss), "exploding").severity == "warning"
 
 
 def test_a_3x_spike_of_the_total_norm_is_far_past_6_sd_but_not_exploding():
