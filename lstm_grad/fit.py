@@ -179,16 +179,23 @@ def report(result: dict[str, Any]) -> str:
 
 
 def calibration_line(calibration: dict[str, Any]) -> str:
-    """Say how far the network's move was kept (the shrink weights fitted on validation, per step).
+    """Say how far the network's move was kept (the shrink weights fitted on validation, per step) and what
+    the validation span alone would have given (the least-squares weight, no prior).
 
     >>> calibration_line({"shrink": [0.8, 0.5, 0.1]})
     'shrink toward persistence (fitted on validation): weight 0.80 at step 1 .. 0.10 at step 3 (1 = the network, 0 = persistence)'
+    >>> calibration_line({"shrink": [0.0], "shrink_least_squares": [0.64]})
+    'shrink toward persistence (fitted on validation): weight 0.00 (1 = the network, 0 = persistence; the validation span alone: 0.64)'
     """
-    weights = calibration.get("shrink")
+    def steps(weights: list[float]) -> str:
+        return f"{weights[0]:.2f}" if len(weights) == 1 else \
+            f"{weights[0]:.2f} at step 1 .. {weights[-1]:.2f} at step {len(weights)}"
+
+    weights, alone = calibration.get("shrink"), calibration.get("shrink_least_squares")
     if not weights:
         return ""
-    steps = f"{weights[0]:.2f}" if len(weights) == 1 else f"{weights[0]:.2f} at step 1 .. {weights[-1]:.2f} at step {len(weights)}"
-    return f"shrink toward persistence (fitted on validation): weight {steps} (1 = the network, 0 = persistence)"
+    note = f"; the validation span alone: {steps(alone)}" if alone else ""
+    return f"shrink toward persistence (fitted on validation): weight {steps(weights)} (1 = the network, 0 = persistence{note})"
 
 
 def interval_line(metrics: dict[str, float]) -> str:
