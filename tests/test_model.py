@@ -98,3 +98,25 @@ def test_bad_arguments_raise_value_error(kwargs, words):
 def test_init_rejects_unknown_mode():
     with pytest.raises(ValueError, match="unknown"):
         init_recurrent_(ResidualLSTM(2, hidden_sizes=(3,)), "zeros")
+
+
+def test_uniform_mask_dropout_keeps_1_minus_p_scales_by_its_inverse_and_back_propagates_the_mask():
+    from lstm_grad.forecaster.model import UniformMaskDropout
+
+    drop = UniformMaskDropout(0.2)
+    x = torch.randn(64, 60, 128, requires_grad=True)
+    torch.manual_seed(0)
+    out = drop(x)
+    kept = out != 0
+    share = kept.double().mean().item()
+    assert abs(share - 0.8) < 4 * (0.8 * 0.2 / kept.numel()) ** 0.5  # within 4 binomial sd of 1 - p
+    assert torch.equal(out[kept], x[kept] * 1.25)  # kept values scaled by 1 / (1 - p) exactly
+    out.sum().backward()
+    assert torch.equal(x.grad, kept.float() * 1.25)  # d out / d x = mask / (1 - p), by hand
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), out)  # the run's seed decides the mask
+    drop.eval()
+    assert drop(x) is x
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert UniformMaskDropout(0.5)(x.detach().bfloat16()).dtype == torch.bfloat16
+    assert isinstance(ResidualLSTM(n_features=2).dropout, UniformMaskDropout)

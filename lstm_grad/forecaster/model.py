@@ -29,6 +29,23 @@ GATES = {"lstm": 4, "gru": 3}  # gate blocks stacked in weight_ih / weight_hh (t
 FORGET_GATE = 1  # torch packs LSTM gates as (input, forget, cell, output)
 
 
+class UniformMaskDropout(nn.Dropout):
+    """``nn.Dropout`` whose Bernoulli(1 - p) keep-mask comes from comparing float32 uniforms with ``p``.
+
+    The same distribution and scaling as ``nn.Dropout`` (kept values x 1 / (1 - p), eval mode the identity),
+    drawn faster on a CPU: ``bernoulli_`` took 1.8 ms for a (32, 60, 128) layer output on the 2-core
+    benchmark machine, ``rand`` 0.7 ms (torch 2.13.0 CPU, MKL); dropout between the layers was 9 % of an
+    epoch of the default network (cProfile of ``benchmarks.peers``). The uniforms are float32 whatever
+    the input's dtype (a bf16 uniform has 8 bits: p would be rounded); the mask is cast to the input's dtype.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p  # P(keep) = 1 - p exactly, up to float32 resolution
+        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
+
+
 class ResidualLSTM(nn.Module):
     """Stacked recurrent layers with residual adds, dropout between layers and a linear head.
 
@@ -94,7 +111,7 @@ class ResidualLSTM(nn.Module):
                 self.add_module(f"proj_{i}", nn.Linear(width, size))
                 self.skips[name] = f"proj_{i}"
             width = size
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = UniformMaskDropout(dropout)
         self.head = nn.Linear(width, horizon)
         init_recurrent_(self, init, gain=gain, forget_bias=forget_bias)
 
