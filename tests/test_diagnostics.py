@@ -183,7 +183,7 @@ def test_residual_default_is_silent_and_logs_clip_rate_layout_histograms_figure(
     assert [(c[0], c[1], c[3]) for c in calls if c[0] in ("add_figure", "add_image")] == [
         ("add_image", "grad_time/heatmap", 2 * n)]
     image = next(c[2] for c in calls if c[0] == "add_image")
-    assert image.shape == (180, 560, 3) and str(image.dtype) == "uint8"  # 3 probes: 7 x (1.6 + 3 x 0.22) in, 80 dpi
+    assert image.shape[0] == 22 + 3 * 12 + 34 and str(image.dtype) == "uint8"  # title, 3 probes x 12 px, lag axis
     clipped = values["grad_health/clipped"]
     for step, rate in values["grad_health/clip_rate"].items():
         upto = [clipped[s] for s in clipped if s <= step]
@@ -263,22 +263,30 @@ def test_one_measurement_per_step_and_each_tag_written_once(tmp_path, monkeypatc
                         math.sqrt(sum(p.numel() for p in trainer.lightning_module.model.head.parameters())), rel_tol=1e-6)
 
 
-def test_heatmap_figure_is_labelled_and_maps_the_log_scale_onto_viridis():
+def test_heatmap_image_is_labelled_and_maps_the_log_scale_onto_viridis():
     from matplotlib import colormaps
 
-    from lstm_grad.diagnostics.figures import figure_rgb, heatmap_figure
+    from lstm_grad.diagnostics.figures import heatmap_image
 
     rows = [[1e-4, 1e-2, 1.0], [1.0, 1.0, 1.0]]  # time order: the last element is lag 1
-    figure = heatmap_figure(["before training", "epoch 1"], rows)
-    axis, bar = figure.axes
-    image = axis.get_images()[0]
-    assert image.get_array().tolist() == [[1.0, 1e-2, 1e-4], [1.0, 1.0, 1.0]]  # lag 1 at the left
-    assert (image.norm.vmin, image.norm.vmax) == (1e-4, 1.0) and type(image.norm).__name__ == "LogNorm"
-    assert axis.get_xlabel() == "lag (steps before the prediction)" and axis.get_ylabel() == "probe"
-    assert [t.get_text() for t in axis.get_yticklabels()] == ["before training", "epoch 1"]
-    assert bar.get_ylabel() == "|dL/dx_t| (log scale)"
-    pixels = figure_rgb(figure)
-    assert pixels.shape == (int(figure.bbox.height), int(figure.bbox.width), 3) and pixels.dtype == torch.uint8
-    colours = {tuple(p) for p in pixels.reshape(-1, 3).tolist()}
-    for share in (0.0, 0.5, 1.0):  # 1e-4, 1e-2 (half-way on a log scale) and 1 are all drawn
-        assert tuple(colormaps["viridis"](share, bytes=True)[:3]) in colours
+    image = heatmap_image(["before training", "epoch 1"], rows, cell=(12, 8))
+    assert image.dtype == torch.uint8 and image.shape[0] == 22 + 2 * 12 + 34  # title, 2 probes x 12 px, lag axis
+    colour = {share: tuple(colormaps["viridis"](share, bytes=True)[:3]) for share in (0.0, 0.5, 1.0)}
+
+    def runs(y: int) -> list[tuple[tuple[int, ...], int]]:
+        """The row's runs of one viridis colour of the three, left to right, with their lengths."""
+        out: list[tuple[tuple[int, ...], int]] = []
+        for pixel in map(tuple, image[y].tolist()):
+            if pixel in colour.values():
+                out = out[:-1] + [(pixel, out[-1][1] + 1)] if out and out[-1][0] == pixel else out + [(pixel, 1)]
+            elif out and out[-1][1] > 0:
+                out.append(((), 0))
+        return [r for r in out if r[1]]
+
+    first, second = runs(22 + 6), runs(22 + 12 + 6)
+    # lag 1 (1.0, the largest) at the left, then 1e-2 (half-way on the log scale), then 1e-4 (the smallest);
+    # the colour bar (14 px wide, on the right) shows the colour of its row's share
+    assert first[:3] == [(colour[1.0], 8), (colour[0.5], 8), (colour[0.0], 8)]
+    assert second[0] == (colour[1.0], 24)
+    text = image[:22].reshape(-1, 3)
+    assert (text.sum(dim=1) < 200).sum() > 50  # the title is drawn (dark pixels above the map)

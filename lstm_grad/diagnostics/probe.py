@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lstm_grad.diagnostics.gates import gate_saturation
-from lstm_grad.diagnostics.figures import figure_rgb, heatmap_figure, profile_figure
+from lstm_grad.diagnostics.figures import heatmap_image, profile_figure
 from lstm_grad.diagnostics.texts import profile_markdown, with_data
 from lstm_grad.diagnostics.timegrad import lag_value, probe_gradients, time_reach
 from lstm_grad.diagnostics.trainer_state import Callback, overrides
@@ -214,7 +214,7 @@ class TimeGradientProbe(Callback):
         rows, labels = [h["profile"] for h in self.history], [h["label"] for h in self.history]
         experiments = [e for e in (getattr(logger, "experiment", None) for logger in trainer.loggers)
                        if hasattr(e, "add_image")]
-        image = figure_rgb(heatmap_figure(labels, rows)).numpy() if experiments else None
+        image = heatmap_image(labels, rows).numpy() if experiments else None
         for experiment in experiments:
             experiment.add_image("grad_time/heatmap", image, global_step=self.last_step, dataformats="HWC")
             if self.log_figure and hasattr(experiment, "add_figure"):
