@@ -18,6 +18,7 @@ from benchmarks.config import BenchConfig
 from lstm_grad.data import GoldDataModule
 from lstm_grad.model import ResidualLSTM
 from lstm_grad.module import LSTMForecaster
+from lstm_grad.training import checkpoints
 
 CLIP = 1.0  # the recipe's clipnorm, as in the CLI defaults
 LOG_EVERY = 10  # the CLI's default log_every_n_steps
@@ -42,8 +43,8 @@ def lightning_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, module_cls:
                   callbacks: Callable[[], list] | None = None, log_every: int = LOG_EVERY, seed: int = 0
                   ) -> Callable[[], pl.Trainer]:
     """Return a thunk that runs ``Trainer.fit`` the way the CLI does: TensorBoard, metrics,
-    checkpoint each epoch, clipnorm 1.0, no sanity check (``lstm_grad.cli.TRAINER_DEFAULTS``); progress
-    bar and model summary off."""
+    checkpoint each epoch through the CLI's checkpoint IO (``lstm_grad.training.checkpoints.install``),
+    clipnorm 1.0, no sanity check (``lstm_grad.cli.TRAINER_DEFAULTS``); progress bar and model summary off."""
     def run() -> pl.Trainer:
         torch.manual_seed(seed)
         module = module_cls(n_features=dm.n_features, hidden_sizes=cfg.hidden_sizes, residual=True, init="orthogonal",
@@ -53,6 +54,7 @@ def lightning_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, module_cls:
                              enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=log_every,
                              gradient_clip_val=CLIP, default_root_dir=folder, num_sanity_val_steps=0,
                              callbacks=callbacks() if callbacks else None)
+        checkpoints.install(trainer)  # the CLI's checkpoint writes: atomic, off the training thread
         trainer.fit(module, datamodule=dm)
         shutil.rmtree(folder, ignore_errors=True)
         return trainer

@@ -30,6 +30,7 @@ from benchmarks.stats import summary
 from lstm_grad import GradientMonitor, TimeGradientProbe
 from lstm_grad.data import GoldDataModule
 from lstm_grad.module import LSTMForecaster
+from lstm_grad.training import checkpoints
 from lstm_grad.training.callbacks import EpochTimer
 
 PLAIN_STACK = (128, 128, 128)  # darts' n_rnn_layers=3, hidden_dim=128
@@ -63,6 +64,7 @@ def ours(dm: GoldDataModule, epochs: int, seed: int = 0) -> Callable[[], float]:
                              gradient_clip_val=1.0, default_root_dir=folder, num_sanity_val_steps=0,
                              callbacks=[timer, GradientMonitor(), TimeGradientProbe(every_n_epochs=PROBE_EVERY),
                                         ModelCheckpoint(dirpath=folder, save_last=True, monitor="val/loss")])
+        checkpoints.install(trainer)  # the CLI's checkpoint writes
         trainer.fit(module, datamodule=dm)
         shutil.rmtree(folder, ignore_errors=True)
         return _epoch_seconds(timer)

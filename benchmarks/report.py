@@ -109,7 +109,9 @@ def provenance(result: dict[str, Any]) -> str:
     return (f"Commit: `{machine.get('commit', 'not recorded')}`. "
             f"torch {machine['torch']}, {machine['threads']} threads, {machine['cpus']} CPUs; load average "
             f"{machine['loadavg'][0]:.2f} at the start, {machine['loadavg_end'][0]:.2f} at the end; "
-            f"{result.get('bench_seconds', 0):.0f} s; clock {result['config']['clock']}.")
+            f"{result.get('bench_seconds', 0):.0f} s; clock {result['config']['clock']}; CUDA: "
+            f"{machine.get('cuda', 'not recorded')}"
+            f"{' (so no CUDA run of item 1 or the darts item)' if machine.get('cuda') == 'none available' else ''}.")
 
 
 def profile_section(profile: dict[str, Any]) -> list[str]:

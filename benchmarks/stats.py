@@ -150,5 +150,7 @@ def overridden_hooks(obj: Any, base: type) -> list[str]:
 def machine_note() -> dict[str, Any]:
     """Versions, threads, cores, load average and the code measured (its commit, "with uncommitted
     changes" if any of ``experiments.CODE_PATHS`` has some)."""
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none available"
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "loadavg": os.getloadavg(), "python": sys.version.split()[0], "commit": git_commit(paths=CODE_PATHS)}
+            "loadavg": os.getloadavg(), "python": sys.version.split()[0], "commit": git_commit(paths=CODE_PATHS),
+            "cuda": cuda}

@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 from lstm_grad.training.resume import RngState
 
@@ -99,9 +100,17 @@ class EpochCheckpoint(ModelCheckpoint):
 
 
 def install(trainer: pl.Trainer) -> pl.Trainer:
-    """Give ``trainer`` atomic checkpoint writes and RNG state in checkpoints (idempotent)."""
+    """Give ``trainer`` atomic checkpoint writes off the training thread and RNG state in checkpoints
+    (idempotent).
+
+    The writes go through Lightning's ``AsyncCheckpointIO`` (``lightning/pytorch/plugins/io/async_plugin.py``):
+    it clones the checkpoint's tensors, then one worker thread runs :class:`AtomicCheckpointIO` (temp file,
+    fsync, rename) while training goes on; the strategy's teardown at the end of ``fit`` waits for the last
+    write, and a failed write raises at the next save or at that teardown. Writing two checkpoints per
+    epoch inline was 1.1 % of a fit (``benchmarks.fit_profile``).
+    """
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin wins
-        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        trainer.strategy.checkpoint_io = AsyncCheckpointIO(AtomicCheckpointIO())
     if not any(isinstance(c, RngState) for c in trainer.callbacks):
         trainer.callbacks.append(RngState())
     return trainer
