@@ -30,10 +30,12 @@ from lstm_grad import GradientMonitor, TimeGradientProbe
 # cost -> (file suffix, function name) entries whose cumulative time it is; "minus" entries are
 # work the hand loop does too (clipping), taken out of the hook that runs it.
 COSTS: dict[str, dict[str, list[tuple[str, str]]]] = {
-    "checkpoint writes (ModelCheckpoint, every epoch)": {"plus": [("pytorch/trainer/trainer.py", "save_checkpoint")]},
+    "checkpoint writes (ModelCheckpoint every epoch; the file written on a worker thread)": {
+        "plus": [("pytorch/trainer/trainer.py", "save_checkpoint")]},
     "self.log / log_dict (Lightning's result collection)": {"plus": [("pytorch/core/module.py", "log")]},
-    "TimeGradientProbe (before training and every epoch)": {
-        "plus": [("diagnostics/probe.py", "on_train_start"), ("diagnostics/probe.py", "on_train_epoch_end")]},
+    "TimeGradientProbe (before training, every 2nd epoch, the heat map at the end)": {
+        "plus": [("diagnostics/probe.py", "on_train_start"), ("diagnostics/probe.py", "on_train_epoch_end"),
+                 ("diagnostics/probe.py", "on_train_end")]},
     "sanity check (2 validation batches before training)": {"plus": [("pytorch/trainer/trainer.py", "_run_sanity_check")]},
     "GradientMonitor (clipping itself left out)": {
         "plus": [("diagnostics/monitor.py", "on_before_optimizer_step"),
