@@ -38,8 +38,9 @@ COSTS: dict[str, dict[str, list[tuple[str, str]]]] = {
                  ("diagnostics/probe.py", "on_train_end")]},
     "sanity check (2 validation batches before training)": {"plus": [("pytorch/trainer/trainer.py", "_run_sanity_check")]},
     "GradientMonitor (clipping itself left out)": {
-        "plus": [("diagnostics/monitor.py", "on_before_optimizer_step"),
-                 ("diagnostics/monitor.py", "configure_gradient_clipping")],
+        "plus": [("diagnostics/monitor.py", hook) for hook in ("on_train_batch_start", "on_before_optimizer_step",
+                                                               "on_train_batch_end", "on_train_epoch_end", "on_train_end")]
+        + [("diagnostics/clip_hooks.py", "configure_gradient_clipping")],  # the wrapper that runs the clipping
         "minus": [("pytorch/core/module.py", "clip_gradients")]},
     "TensorBoard writes and hyperparameters": {
         "plus": [("fabric/loggers/tensorboard.py", "log_metrics"), ("pytorch/loggers/tensorboard.py", "save"),

@@ -22,7 +22,7 @@ from lstm_grad.training import checkpoints
 
 CLIP = 1.0  # the recipe's clipnorm, as in the CLI defaults
 LOG_EVERY = 10  # the CLI's default log_every_n_steps
-PROBE_EVERY = 2  # the CLI's default --time_probe.every_n_epochs
+PROBE_EVERY = 3  # the CLI's default --time_probe.every_n_epochs
 
 
 def quiet() -> None:
