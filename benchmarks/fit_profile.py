@@ -33,7 +33,7 @@ COSTS: dict[str, dict[str, list[tuple[str, str]]]] = {
     "checkpoint writes (ModelCheckpoint every epoch; the file written on a worker thread)": {
         "plus": [("pytorch/trainer/trainer.py", "save_checkpoint")]},
     "self.log / log_dict (Lightning's result collection)": {"plus": [("pytorch/core/module.py", "log")]},
-    "TimeGradientProbe (before training, every 2nd epoch, the heat map at the end)": {
+    f"TimeGradientProbe (before training, every {PROBE_EVERY} epochs, the heat map at the end)": {
         "plus": [("diagnostics/probe.py", "on_train_start"), ("diagnostics/probe.py", "on_train_epoch_end"),
                  ("diagnostics/probe.py", "on_train_end")]},
     "sanity check (2 validation batches before training)": {"plus": [("pytorch/trainer/trainer.py", "_run_sanity_check")]},
