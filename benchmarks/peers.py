@@ -107,12 +107,13 @@ def item_darts(cfg: BenchConfig, dm: GoldDataModule) -> dict[str, Any]:
     for fn in sides.values():  # warm-up round, untimed
         fn()
     seconds: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(cfg.repeats):
+    rounds = max(cfg.repeats, 5)  # epoch times swing +-5 % between fits here: 3 rounds moved the median ratio 5 points
+    for _ in range(rounds):
         for name, fn in sides.items():
             seconds[name].append(fn())
     out: dict[str, Any] = {name: summary(values) for name, values in seconds.items()}
     out["ratio"] = out["lstm_grad"]["median"] / out["darts"]["median"]
     out["pair_ratios"] = summary([a / b for a, b in zip(seconds["lstm_grad"], seconds["darts"])])
-    out.update(darts_version=version, epochs_per_fit=epochs, train_windows=len(dm.datasets["train"]),
+    out.update(darts_version=version, epochs_per_fit=epochs, rounds=rounds, train_windows=len(dm.datasets["train"]),
                measure="median epoch seconds per fit (EpochTimer, validation excluded), first epoch left out")
     return out
