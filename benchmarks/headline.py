@@ -14,7 +14,7 @@ HEADLINE = {  # JSON key -> (item, target, "max" if the value must stay below th
     "data_setup_s": (5, 0.5, "max"),
     "scaling_exponent_days": (6, 1.0, "about"),
     "scaling_exponent_window": (6, 1.0, "about"),
-    "darts_ratio": (9, 1.0, "max"),
+    "darts_ratio": (9, 0.97, "max"),  # issue 24: clearly ahead of darts, diagnostics on
 }
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.headline import details, table
+from benchmarks.headline import HEADLINE, details, table
 from experiments.blocks import replace_block
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -94,8 +94,10 @@ def with_extra_keys(result: dict[str, Any], extra: dict[str, dict[str, Any]]) ->
     merged = {**result, "spread": dict(result.get("spread", {})), "filled_from": {}}
     for name, other in extra.items():
         for key, value in other.items():
-            if isinstance(value, float) and key in other.get("spread", {}) and merged.get(key) is None:
-                merged[key], merged["spread"][key] = value, other["spread"][key]
+            if isinstance(value, float) and key in HEADLINE and merged.get(key) is None:
+                merged[key] = value
+                if key in other.get("spread", {}):  # a fitted exponent has no spread of its own
+                    merged["spread"][key] = other["spread"][key]
                 merged["filled_from"][key] = f"`{name}` (commit {other['machine'].get('commit', '?')[:7]})"
     return merged
 
@@ -126,6 +128,23 @@ def profile_section(profile: dict[str, Any]) -> list[str]:
     return lines
 
 
+def scaling_lines(items: dict[str, Any]) -> list[str]:
+    """Items 5 and 6 in words: the data set-up time, and the epoch time at each size with the fitted exponent."""
+    lines = []
+    if "data" in items:
+        data = items["data"]
+        lines.append(f"- item 5: set-up of the full series ({data['days']} days) {data['setup_s']['median']:.3f} s "
+                     f"(rounds {data['setup_s']['min']:.3f}..{data['setup_s']['max']:.3f}); the windows are views: "
+                     f"{data['copies_of_series']:.2f} copies of the series held, not {data['bytes_if_windows_copied'] / data['series_bytes']:.0f}")
+    if "scaling" in items:
+        scaling = items["scaling"]
+        for label, unit in (("days", "days"), ("window", "steps of window")):
+            sizes = ", ".join(f"{size} {unit}: {spread['median']:.3f} s" for size, spread in scaling[label].items())
+            lines.append(f"- item 6, one epoch of the hand loop by {label} (median): {sizes}; least-squares exponent "
+                         f"of epoch time in {label} {scaling[f'exponent_{label}']:.3f}")
+    return lines
+
+
 def page(result: dict[str, Any], source: str, monitor: dict[str, Any] | None,
          profile: dict[str, Any] | None = None, extra: dict[str, dict[str, Any]] | None = None) -> str:
     lines = [INTRO, f"## Latest run: `{source}`", "", provenance(result), "", table(result), "", *filled_note(result),
@@ -138,9 +157,10 @@ def page(result: dict[str, Any], source: str, monitor: dict[str, Any] | None,
         for key, value in other.items():
             if isinstance(value, float) and key in other["spread"]:
                 spread, item = other["spread"][key], other["items"].get(key, {})
+                size = f"; {item['epochs']} epoch(s) per fit on {item['days']} days" if "epochs" in item else ""
                 lines.append(f"- `{key}`: {value:.4g} (rounds {spread.get('min', math.nan):.4g} / "
-                             f"{spread.get('median', math.nan):.4g} / {spread.get('max', math.nan):.4g}); "
-                             f"{item.get('epochs', '?')} epoch(s) per fit on {item.get('days', '?')} days")
+                             f"{spread.get('median', math.nan):.4g} / {spread.get('max', math.nan):.4g}){size}")
+        lines += scaling_lines(other["items"])
     if profile is not None:
         lines += ["", "## Where the fit's time goes", "", *profile_section(profile)]
     if monitor is not None:
