@@ -168,7 +168,7 @@ def report(result: dict[str, Any]) -> str:
             "change'); MASE = MAE / the training span's one-step naive MAE (Hyndman & Koehler 2006); DM p = "
             "Diebold-Mariano, squared loss, small-sample (HLN) corrected, two-sided; predicted up = share of forecasts above the last price "
             f"(the prices went up on {_pct(metrics.get('test/up_actual', float('nan')))} of them); directional acc. "
-            "= share whose predicted change has the sign of the actual one (no-change days left out).")
+            "= share whose predicted change has the sign of the actual one (days without an actual or a predicted change left out).")
     lines = ["", results_table(metrics), note]
     if horizon > 1:
         lines += ["", last_step_table(metrics, horizon)]

@@ -82,7 +82,7 @@ def test_persistence_metrics_are_exact():
     assert m["rel_mae"] == 1.0  # renamed: this was "mase" before issue 23 (MAE / persistence MAE)
     assert math.isclose(m["mse"], 5 / 3)
     assert math.isclose(m["mape"], 100 * (2 / 12 + 1 / 11) / 3)
-    assert m["dir_acc"] == 0.0  # "no change" never has the sign of a real move
+    assert math.isnan(m["dir_acc"])  # "no change" has no direction: every pair is left out, none is scored
 
 
 def test_baselines_on_real_windows_match_hand_persistence():

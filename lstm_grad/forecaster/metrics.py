@@ -34,11 +34,13 @@ def moved(actual: Tensor, anchor: Tensor) -> Tensor:
 
 
 def direction_hits(pred: Tensor, actual: Tensor, anchor: Tensor) -> Tensor:
-    """Return 1.0 / 0.0 for each (window, step) that moved: does the predicted change from the anchor
-    have the sign of the actual change? Days without change (:func:`moved`) are left out: (M,)."""
+    """Return 1.0 / 0.0 for each (window, step) that moved and was predicted to move: does the predicted
+    change from the anchor have the sign of the actual change? Days without an actual change
+    (:func:`moved`) and forecasts of no change (persistence's, or a shrink weight of 0) have no direction
+    to compare and are left out: (M,)."""
     naive = anchor.unsqueeze(-1)
     hits = (torch.sign(pred - naive) == torch.sign(actual - naive)).double()
-    return hits[moved(actual, anchor)]
+    return hits[moved(actual, anchor) & (pred != naive)]
 
 
 def naive_scale(train_prices: Any) -> float:
