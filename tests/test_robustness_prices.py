@@ -38,12 +38,13 @@ def flat_module(tmp_path, target_mode="level"):
 
 
 def reference_metrics(pred: np.ndarray, actual: np.ndarray, anchor: np.ndarray) -> dict[str, float]:
-    """The documented definitions in float64 numpy; "no change" = raw actual == raw anchor."""
+    """The documented definitions in float64 numpy; "no change" = raw actual == raw anchor; directional
+    accuracy scores the pairs that moved and were predicted to move (NaN when there are none)."""
     naive = np.repeat(anchor[:, None], actual.shape[1], axis=1)
-    moved = actual != naive
+    scored = (actual != naive) & (pred != naive)
     hits = np.sign(pred - naive) == np.sign(actual - naive)
     mae, naive_mae = np.abs(pred - actual).mean(), np.abs(naive - actual).mean()
-    return {"dir_acc": hits[moved].mean(), "mae": mae, "mse": np.square(pred - actual).mean(),
+    return {"dir_acc": hits[scored].mean() if scored.any() else float("nan"), "mae": mae, "mse": np.square(pred - actual).mean(),
             "mape": 100 * np.mean(np.abs(pred - actual) / actual), "rel_mae": mae / naive_mae, "naive_mae": naive_mae}  # "mase" before issue 23
 
 
@@ -94,7 +95,7 @@ def test_no_change_days_are_decided_on_raw_prices_for_baselines(tmp_path):
     for name in ("persistence", "linear_ar"):
         expected = reference_metrics(result[name]["pred"], actual, anchor)
         got = result[name]["metrics"]
-        assert got["dir_acc"] == pytest.approx(expected["dir_acc"], rel=1e-12), name
+        assert got["dir_acc"] == pytest.approx(expected["dir_acc"], rel=1e-12, nan_ok=True), name
         assert got["mae"] == pytest.approx(expected["mae"], rel=1e-12), name
 
 
