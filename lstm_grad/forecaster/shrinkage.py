@@ -28,7 +28,6 @@ never used; the weights travel in the checkpoint and apply in test, predict, for
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -85,44 +84,6 @@ def fit_shrink(pred: Any, actual: Any, anchor: Any, prior: float = PRIOR_WINDOWS
     least_squares = np.divide((move * target).sum(axis=0), power, out=np.zeros(horizon), where=power > 0)
     independent = n / np.arange(1, horizon + 1)  # n_h: independent h-step forecasts among n windows
     return np.clip(least_squares, 0.0, 1.0) * independent / (independent + prior)
-
-
-def significant_shrink(pred: Any, actual: Any, anchor: Any, level: float = 0.05) -> np.ndarray:
-    """Keep the network's move at a step only where validation shows it predicts the actual move: pred, actual
-    (N, H) prices, anchor (N,) -> (H,) weights in [0, 1].
-
-    ``w_h = clip(b_h, 0, 1)`` if the one-sided test of ``b_h > 0`` rejects at ``level``, else 0 (persistence),
-    with ``b_h = sum(m a) / sum(m^2)`` the least-squares weight of the actual move ``a`` on the predicted
-    move ``m`` and its t statistic from a heteroskedasticity and autocorrelation consistent variance
-    (Newey & West 1987, Bartlett kernel, lag h - 1: consecutive h-step windows share h - 1 target days),
-    against the normal quantile. A pretest estimator (Judge & Bock 1978): a weight the validation span
-    cannot tell from 0 is 0.
-
-    >>> anchor = np.zeros(60); signal = np.tile([1.0, -1.0, 2.0], 20)
-    >>> noise = np.tile([0.2, 0.4, 0.1], 20)  # orthogonal to the signal
-    >>> significant_shrink(signal[:, None], 0.5 * signal[:, None] + noise[:, None], anchor).round(6).tolist()
-    [0.5]
-    >>> significant_shrink(signal[:, None], noise[:, None], anchor).tolist()  # the move predicts nothing
-    [0.0]
-    """
-    pred, actual = np.asarray(pred, dtype=np.float64), np.asarray(actual, dtype=np.float64)
-    anchor = np.asarray(anchor, dtype=np.float64)[:, None]
-    n, horizon = actual.shape
-    weights = np.zeros(horizon)
-    critical = NormalDist().inv_cdf(1.0 - level)
-    for h in range(horizon):
-        move, target = pred[:, h] - anchor[:, 0], actual[:, h] - anchor[:, 0]
-        power = float(move @ move)
-        if n < 3 or power <= 0:
-            continue
-        beta = float(move @ target) / power
-        score = move * (target - beta * move)  # (N,) the regression's score terms
-        variance = float(score @ score)
-        for lag in range(1, min(h, n - 1) + 1):  # Bartlett weights 1 - lag / (h + 1) up to lag h (step h + 1)
-            variance += 2.0 * (1.0 - lag / (h + 1)) * float(score[lag:] @ score[:-lag])
-        t = beta / np.sqrt(variance / power ** 2) if variance > 0 else np.inf
-        weights[h] = min(max(beta, 0.0), 1.0) if t > critical else 0.0
-    return weights
 
 
 def fit_calibration(pred: Any, actual: Any, anchor: Any, scale: Any, prior: float | None = PRIOR_WINDOWS) -> dict[str, Any]:
