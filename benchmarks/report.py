@@ -132,10 +132,11 @@ def scaling_lines(items: dict[str, Any]) -> list[str]:
     """Items 5 and 6 in words: the data set-up time, and the epoch time at each size with the fitted exponent."""
     lines = []
     if "data" in items:
-        data = items["data"]
-        lines.append(f"- item 5: set-up of the full series ({data['days']} days) {data['setup_s']['median']:.3f} s "
-                     f"(rounds {data['setup_s']['min']:.3f}..{data['setup_s']['max']:.3f}); the windows are views: "
-                     f"{data['copies_of_series']:.2f} copies of the series held, not {data['bytes_if_windows_copied'] / data['series_bytes']:.0f}")
+        data, setup = items["data"], items["data"]["setup_s"]
+        copied = data["bytes_if_windows_copied"] / data["series_bytes"]
+        lines.append(f"- item 5: set-up of the full series ({data['days']} days) {setup['median']:.3f} s "
+                     f"(rounds {setup['min']:.3f}..{setup['max']:.3f}); the windows are views: "
+                     f"{data['copies_of_series']:.2f} copies of the series held, not {copied:.0f}")
     if "scaling" in items:
         scaling = items["scaling"]
         for label, unit in (("days", "days"), ("window", "steps of window")):

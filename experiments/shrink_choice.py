@@ -4,8 +4,8 @@ whose test spans end before every span the results pages report.
 ``python -m experiments.shrink_choice --run DIR --folds 5 --test_days 250 [the run's fit flags]``
 
 DIR is the ``--output`` of a finished ``lstm_grad.backtest`` run made with the same fit flags (for the
-results: ``--data.last_n_days null --data.end 2007-12-31``, once with ``--data.horizon 30``). For every fold the best checkpoint's raw network
-prices are recomputed on the fold's validation and test windows; each candidate rule fits its weights
+results: ``--data.last_n_days null --data.end 2007-12-31``, once with ``--data.horizon 30``). For every
+fold the best checkpoint's raw network prices are recomputed on the fold's validation and test windows; each candidate rule fits its weights
 on validation alone and is scored on that fold's test span. The rule with the lowest pooled relative
 MAE (MAE / persistence MAE over every fold's test days and steps) wins. Prints the rules pooled and per
 fold, and writes ``DIR/shrink_choice.csv`` with the commit.

@@ -39,8 +39,9 @@ class TimeGradientProbe(Callback):
     each of ``lags`` that fits in the window (lag 1 = the last input step), ``grad_time/reach``
     (largest lag whose gradient is >= ``fraction`` of the largest: the model's effective memory in
     steps) and ``grad_act/<layer>``. TensorBoard-like loggers also get the profile as text
-    (``grad_time/profile_values``: a Markdown table, every value in a comment, :mod:`.texts`) after every probe, and at the end of training the last profile
-    (``grad_time/profile``, with ``log_figure``) and the epoch x lag heat map (``grad_time/heatmap``) as images.
+    (``grad_time/profile_values``: a Markdown table, every value in a comment, :mod:`.texts`) after
+    every probe, and at the end of training the last profile (``grad_time/profile``, with
+    ``log_figure``) and the epoch x lag heat map (``grad_time/heatmap``) as images.
 
     Args:
         every_n_epochs: probe after every n-th training epoch (and once before the first step); 0 = off.
