@@ -26,6 +26,7 @@ from benchmarks.config import BenchConfig
 from benchmarks.fits import PROBE_EVERY, lightning_fit, make_data, quiet
 from benchmarks.stats import machine_note
 from lstm_grad import GradientMonitor, TimeGradientProbe
+from lstm_grad.training.allocator import keep_freed_memory
 
 # cost -> (file suffix, function name) entries whose cumulative time it is; "minus" entries are
 # work the hand loop does too (clipping), taken out of the hook that runs it.
@@ -62,6 +63,7 @@ def cumulative(stats: pstats.Stats, entries: list[tuple[str, str]]) -> float:
 def profile_shares(epochs: int, rounds: int) -> dict[str, object]:
     """Profile ``rounds`` fits of item 1's Lightning side after a warm-up; each cost's smallest share."""
     quiet()
+    keep_freed_memory()  # as the commands run (lstm_grad.cli.GoldCLI)
     cfg = BenchConfig.quick_config()
     dm = make_data(cfg, cfg.last_n_days)
     fit = lightning_fit(cfg, dm, epochs,

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -40,23 +41,25 @@ def make_data(cfg: BenchConfig, days: int | None, window: int | None = None) -> 
 
 
 def lightning_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, module_cls: type = LSTMForecaster,
-                  callbacks: Callable[[], list] | None = None, log_every: int = LOG_EVERY, seed: int = 0
-                  ) -> Callable[[], pl.Trainer]:
+                  callbacks: Callable[[], list] | None = None, log_every: int = LOG_EVERY, seed: int = 0,
+                  keep_in: Path | None = None) -> Callable[[], pl.Trainer]:
     """Return a thunk that runs ``Trainer.fit`` the way the CLI does: TensorBoard, metrics,
     checkpoint each epoch through the CLI's checkpoint IO (``lstm_grad.training.checkpoints.install``),
-    clipnorm 1.0, no sanity check (``lstm_grad.cli.TRAINER_DEFAULTS``); progress bar and model summary off."""
+    clipnorm 1.0, no sanity check (``lstm_grad.cli.TRAINER_DEFAULTS``); progress bar and model summary off.
+    The run's files go to a temporary folder, deleted after the run, or to ``keep_in``, kept."""
     def run() -> pl.Trainer:
         torch.manual_seed(seed)
         module = module_cls(n_features=dm.n_features, hidden_sizes=cfg.hidden_sizes, residual=True, init="orthogonal",
                             horizon=dm.horizon)  # the recipe's network, as ResidualLSTM's defaults on the hand side
-        folder = tempfile.mkdtemp(prefix="bench_")
+        folder = str(keep_in) if keep_in else tempfile.mkdtemp(prefix="bench_")
         trainer = pl.Trainer(max_epochs=epochs, logger=TensorBoardLogger(folder, name="bench"),
                              enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=log_every,
                              gradient_clip_val=CLIP, default_root_dir=folder, num_sanity_val_steps=0,
                              callbacks=callbacks() if callbacks else None)
         checkpoints.install(trainer)  # the CLI's checkpoint writes: atomic, off the training thread
         trainer.fit(module, datamodule=dm)
-        shutil.rmtree(folder, ignore_errors=True)
+        if keep_in is None:
+            shutil.rmtree(folder, ignore_errors=True)
         return trainer
     return run
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from experiments import CODE_PATHS
+from lstm_grad.training.allocator import keep_freed_memory
 from lstm_grad.training.provenance import git_commit
 
 
@@ -148,9 +149,12 @@ def overridden_hooks(obj: Any, base: type) -> list[str]:
 
 
 def machine_note() -> dict[str, Any]:
-    """Versions, threads, cores, load average and the code measured (its commit, "with uncommitted
-    changes" if any of ``experiments.CODE_PATHS`` has some)."""
+    """Versions, threads, cores, load average, the allocator setting the commands use (applied here by
+    ``keep_freed_memory``, so every side of every item runs with it) and the code measured (its commit,
+    "with uncommitted changes" if any of ``experiments.CODE_PATHS`` has some)."""
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none available"
+    allocator = ("glibc: freed memory kept (lstm_grad.training.allocator)" if keep_freed_memory()
+                 else "as the platform / the environment sets it")
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "loadavg": os.getloadavg(), "python": sys.version.split()[0], "commit": git_commit(paths=CODE_PATHS),
-            "cuda": cuda}
+            "cuda": cuda, "allocator": allocator}

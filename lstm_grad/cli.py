@@ -24,6 +24,7 @@ from lstm_grad.diagnostics.monitor import GradientMonitor
 from lstm_grad.diagnostics.probe import TimeGradientProbe
 from lstm_grad.training.callbacks import DiscardRefusedRun, EpochTimer, PredictionWriter, RunCard, RunKind
 from lstm_grad.training import checkpoints
+from lstm_grad.training.allocator import keep_freed_memory
 from lstm_grad.training.compat import read_checkpoint
 from lstm_grad.training.run_dirs import NAME_TEMPLATE, resume_version, run_name
 from lstm_grad.training.console import release_logs
@@ -140,7 +141,9 @@ class GoldCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Build the Trainer with atomic checkpoint writes, per-epoch reseeding (exact resume) and the
-        release of held log lines once the data is set up."""
+        release of held log lines once the data is set up; this process keeps the memory a step frees
+        (:func:`lstm_grad.training.allocator.keep_freed_memory`: no page faults between steps on CPU)."""
+        keep_freed_memory()
         trainer = checkpoints.install(super().instantiate_trainer(**kwargs))
         trainer.callbacks.extend([ReleaseLogs(), RunKind(self.run_kind), RunCard(), DiscardRefusedRun()])
         if self._named and trainer.log_dir:

@@ -85,3 +85,39 @@ def test_tiny_run_writes_the_json_keys():
     data = result["items"]["data"]
     assert data["days"] > 9000 and data["copies_of_series"] < 2  # windows are views, not copies
     assert data["bytes_if_windows_copied"] > 0.9 * cfg.window * data["series_bytes"]  # one copy per window
+
+
+def test_the_hand_loop_of_item_1_writes_what_the_lightning_fit_writes(tmp_path):
+    """Item 1 compares ``Trainer.fit`` with a hand loop "doing the same work": the loop writes every scalar
+    tag the Lightning fit writes (Lightning's own ``epoch`` and ``hp_metric`` aside) at as many points, the
+    same texts and the heat map, and its checkpoint holds the weights, the optimizer and the calibration."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from benchmarks.fits import lightning_fit, make_data
+    from benchmarks.same_work import same_work_fit
+    from lstm_grad import GradientMonitor, TimeGradientProbe
+
+    cfg = BenchConfig(last_n_days=400, window=10, hidden_sizes=(8, 6), batch_size=16)
+    dm = make_data(cfg, cfg.last_n_days)
+    lightning_fit(cfg, dm, 3, callbacks=lambda: [GradientMonitor(), TimeGradientProbe(every_n_epochs=3)],
+                  keep_in=tmp_path / "fit")()
+    same_work_fit(cfg, dm, 3, keep_in=tmp_path / "loop")()
+
+    def written(folder):
+        (run,) = {p.parent for p in folder.rglob("events.out.tfevents.*")}
+        events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
+        events.Reload()
+        tags = events.Tags()
+        scalars = {tag: len(events.Scalars(tag)) for tag in tags["scalars"]}
+        return scalars, set(tags["tensors"]), set(tags["images"])
+
+    fit_scalars, fit_texts, fit_images = written(tmp_path / "fit")
+    loop_scalars, loop_texts, loop_images = written(tmp_path / "loop")
+    lightning_own = {"epoch", "hp_metric"}
+    assert {t: n for t, n in fit_scalars.items() if t not in lightning_own} == loop_scalars
+    assert {"grad_norm/total", "grad_update/lstm_0", "gate_sat/lstm_0/forget", "grad_time/reach", "val/rel_mae",
+            "val/loss", "train/loss_epoch", "train/loss_step"} <= set(loop_scalars)
+    assert "grad_time/profile_values/text_summary" in loop_texts & fit_texts
+    assert loop_images == fit_images == {"grad_time/heatmap"}
+    saved = torch.load(tmp_path / "loop" / "last.ckpt", weights_only=True)
+    assert {"state_dict", "optimizer", "calibration"} <= set(saved) and saved["epoch"] == 2

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from unittest.mock import patch
+
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from lstm_grad import TimeGradientProbe
 from lstm_grad.diagnostics.gates import gate_saturation, recompute_gates
 from lstm_grad.diagnostics.groups import parameter_groups
 
@@ -337,3 +342,35 @@ def test_no_gated_layer_returns_empty_without_a_forward() -> None:
             raise AssertionError("gate_saturation must not run a model without gates")
 
     assert gate_saturation(Plain(), torch.randn(B, T, F_IN)) == {}
+
+
+class TwoBodies(pl.LightningModule):
+    """A 2-layer LSTM with dropout between layers (recomputed layer by layer, eval mode matters) into a
+    single-layer GRU (gates from its output in one shot), last step into a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(F_IN, H, num_layers=2, dropout=0.5, batch_first=True)
+        self.gru = nn.GRU(H, H, batch_first=True)
+        self.head = nn.Linear(H, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.gru(self.lstm(x)[0])[0][:, -1])
+
+
+def test_the_probe_reads_the_gates_in_its_own_forward_with_the_values_of_a_separate_one() -> None:
+    torch.manual_seed(0)
+    model = TwoBodies().train()
+    x, y = 3 * torch.randn(8, T, F_IN), torch.randn(8, 1)
+    probe = TimeGradientProbe(probe_batch=(x, y))
+    trainer = SimpleNamespace(loggers=[], global_step=7, is_global_zero=True)
+    calls = []
+    with patch.object(TwoBodies, "forward", autospec=True, side_effect=lambda m, inp: calls.append(1) or
+                      m.head(m.gru(m.lstm(inp)[0])[0][:, -1])):
+        logged = probe.probe(trainer, model)
+    assert len(calls) == 1  # one forward for the input gradient and the gates together
+    assert model.training  # the probe ran in eval mode and gave the mode back
+    separate = gate_saturation(model, x)  # its own eval-mode forward under no_grad
+    assert {k.removeprefix("gate_sat/"): v for k, v in logged.items() if k.startswith("gate_sat/")} == separate
+    assert set(separate) >= {"lstm.l0/forget", "lstm.l1/forget_closed", "gru/update_open"}
+    assert probe.gate_history["lstm.l1/forget"] == {7: separate["lstm.l1/forget"]}

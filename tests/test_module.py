@@ -170,3 +170,37 @@ def test_forecast_metrics_by_hand_with_horizon_3():
     # directions vs the anchor: (+,+) (-,+) skip(actual 0) (+,+) (-,-) (+,+) -> 4 of 5
     assert got["dir_acc"] == pytest.approx(4 / 5)
     assert got["mape"] == pytest.approx(100 * (1/11 + 2/9 + 1/10 + 1/22 + 1/18 + 4/21) / 6, rel=1e-5)
+
+
+def test_epoch_losses_are_the_window_weighted_mse_recomputed_by_hand(tmp_path, tiny_forecaster, quiet_trainer):
+    """``val/loss`` and ``test/loss`` (summed per batch as tensors, logged once per epoch) equal the MSE over
+    every window of the span, batches of unequal size weighted by their windows; ``train/loss_epoch`` the
+    mean of the batches' losses weighted the same way, each recomputed from the weights it was taken with."""
+
+    class TrainLosses(pl.Callback):
+        def __init__(self) -> None:
+            self.sum, self.n = 0.0, 0
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.sum += float(outputs["loss"]) * len(batch[0])
+            self.n += len(batch[0])
+
+    data, model = tiny_forecaster(tmp_path, split=(0.6, 0.2, 0.2))
+    data.batch_size = 5  # the spans' windows are not a multiple of it: the last batch is smaller
+    seen = TrainLosses()
+    trainer = quiet_trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[seen])
+    trainer.fit(model, datamodule=data)
+    got = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    model.eval()
+    for stage in ("val", "test"):
+        x, y, *_ = data.datasets[stage].__getitems__(torch.arange(len(data.datasets[stage])))
+        assert len(x) % data.batch_size != 0
+        with torch.no_grad():
+            expected = float(nn.functional.mse_loss(model(x).double(), y.double()))
+        if stage == "test":
+            trainer.test(model, datamodule=data, verbose=False)
+            got = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        assert got[f"{stage}/loss"] == pytest.approx(expected, rel=1e-5)
+        if stage == "val":
+            assert seen.n == len(data.datasets["train"])
+            assert got["train/loss_epoch"] == pytest.approx(seen.sum / seen.n, rel=1e-5)

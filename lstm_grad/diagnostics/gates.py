@@ -190,13 +190,88 @@ def _mismatch(name: str, module: GatedRNN, x: Tensor, output: Tensor, h: Tensor)
     return (h - output.float()).abs().max() / output.abs().max().float().clamp(min=1.0)
 
 
+class GateCapture:
+    """Catch the input, ``hx`` and output (detached) of every watched ``nn.LSTM`` / ``nn.GRU`` in each
+    forward run inside ``with GateCapture(model) as capture:``; :meth:`shares` turns them into gate
+    saturation shares. A forward the caller runs anyway (the time probe's, in eval mode) thus gives the
+    gates without a second forward. ``layers``: as :func:`gate_saturation` takes them.
+    """
+
+    def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module] | Sequence[str] | None = None) -> None:
+        self.watched, self.layer_names = _gated(model, layers)
+        self.calls: dict[str, list[tuple[Any, Hidden, Tensor | None]]] = {name: [] for name in self.watched}
+        self._handles: list[Any] = []
+
+    def _hooks(self, name: str) -> tuple[Callable[..., None], Callable[..., None]]:
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            inp = args[0] if args else kwargs.get("input")
+            hx = args[1] if len(args) > 1 else kwargs.get("hx")
+            self.calls[name].append((_detached(inp), _detached(hx), None))
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            inp, hx, _ = self.calls[name][-1]
+            out = output[0] if isinstance(output, tuple) else output
+            self.calls[name][-1] = (inp, hx, out.detach() if isinstance(out, Tensor) else out)
+        return pre_hook, hook
+
+    def __enter__(self) -> GateCapture:
+        for name, module in self.watched.items():
+            pre_hook, hook = self._hooks(name)
+            self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def shares(self, low: float = 0.05, high: float = 0.95) -> dict[str, float]:
+        """The saturated / closed / open shares of the caught calls (keys: the module docstring); ``{}``
+        when no watched module ran. One host sync. Raises ``ValueError`` as :func:`gate_saturation`."""
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(f"low={low}, high={high}: need 0 <= low < high <= 1")
+        counts: dict[str, Tensor] = {}
+        totals: dict[str, int] = {}
+        mismatch: dict[str, Tensor] = {}
+        for name, module in self.watched.items():
+            for inp, hx, output in self.calls[name]:
+                per_layer = recompute_gates(module, inp, hx, output if isinstance(output, Tensor) else None)
+                if isinstance(output, Tensor) and not _plain_single_layer(module):
+                    mismatch[name] = torch.maximum(mismatch.get(name, torch.zeros((), device=output.device)),
+                                                   _mismatch(name, module, inp, output, per_layer[-1]["h"]))
+                for k, gates in enumerate(per_layer):
+                    _count(gates, SIGMOID_GATES[isinstance(module, nn.LSTM)], self.layer_names[name][k], low, high,
+                           counts, totals)
+        if not counts:  # the watched modules never ran in this forward
+            return {}
+        tags = list(counts)
+        values = torch.stack([counts[tag].double() / totals[tag] for tag in tags]
+                             + [error.double() for error in mismatch.values()]).tolist()  # the one host sync
+        for name, error in zip(mismatch, values[len(tags):]):
+            if error > MISMATCH:
+                raise ValueError(f"{name}: the gates recomputed from {type(self.watched[name]).__name__}'s weights do "
+                                 f"not reproduce its output (off by {error:.3g}; a custom forward?); pass layers= "
+                                 "without it")
+        return dict(zip(tags, values))
+
+
+def _detached(value: Any) -> Any:
+    """A tensor, or a tuple of them (an LSTM's ``(h0, c0)``), without its graph; anything else as it is."""
+    if isinstance(value, Tensor):
+        return value.detach()
+    if type(value) is tuple and all(isinstance(v, Tensor) for v in value):  # not a PackedSequence (a namedtuple)
+        return tuple(v.detach() for v in value)
+    return value
+
+
 def gate_saturation(model: nn.Module, x: Any, layers: Mapping[str, nn.Module] | Sequence[str] | None = None,
                     low: float = 0.05, high: float = 0.95) -> dict[str, float]:
     """Return the saturated / closed / open shares of every LSTM and GRU gate on one forward of ``x``.
 
     Runs ``model(x)`` once in eval mode under ``torch.no_grad()`` (the mode is restored), catching
-    each watched module's input, ``hx`` and output with hooks, then :func:`recompute_gates`. Keys and
-    meaning: the module docstring. ``layers``: ``{name: module}``, dotted submodule paths, or
+    each watched module's input, ``hx`` and output (:class:`GateCapture`), then :func:`recompute_gates`.
+    Keys and meaning: the module docstring. ``layers``: ``{name: module}``, dotted submodule paths, or
     ``None`` = every ``nn.LSTM`` / ``nn.GRU`` (an ``nn.RNN`` has no gates). ``{}`` without a forward
     when there is none. One host sync. Raises ``ValueError`` (every refusal: a caller that turns the
     diagnostic off catches one type) for ``low >= high``, a watched module fed a PackedSequence, or
@@ -211,57 +286,17 @@ def gate_saturation(model: nn.Module, x: Any, layers: Mapping[str, nn.Module] | 
     """
     if not 0.0 <= low < high <= 1.0:
         raise ValueError(f"low={low}, high={high}: need 0 <= low < high <= 1")
-    watched, layer_names = _gated(model, layers)
-    if not watched:
+    capture = GateCapture(model, layers)
+    if not capture.watched:
         return {}
-    calls: dict[str, list[tuple[Tensor, Hidden, Tensor | None]]] = {name: [] for name in watched}
-
-    def catch(name: str) -> tuple[Callable[..., None], Callable[..., None]]:
-        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            inp = args[0] if args else kwargs.get("input")
-            calls[name].append((inp, args[1] if len(args) > 1 else kwargs.get("hx"), None))
-
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            inp, hx, _ = calls[name][-1]
-            calls[name][-1] = (inp, hx, output[0] if isinstance(output, tuple) else output)
-        return pre_hook, hook
-
-    handles = []
-    for name, module in watched.items():
-        pre_hook, hook = catch(name)
-        handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        handles.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with capture, torch.no_grad():
             model(x)
     finally:
         model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    counts: dict[str, Tensor] = {}
-    totals: dict[str, int] = {}
-    mismatch: dict[str, Tensor] = {}
-    for name, module in watched.items():
-        for inp, hx, output in calls[name]:
-            per_layer = recompute_gates(module, inp, hx, output if isinstance(output, Tensor) else None)
-            if isinstance(output, Tensor) and not _plain_single_layer(module):
-                mismatch[name] = torch.maximum(mismatch.get(name, torch.zeros((), device=output.device)),
-                                               _mismatch(name, module, inp, output, per_layer[-1]["h"]))
-            for k, gates in enumerate(per_layer):
-                _count(gates, SIGMOID_GATES[isinstance(module, nn.LSTM)], layer_names[name][k], low, high, counts,
-                       totals)
-    if not counts:  # the watched modules never ran in this forward
-        return {}
-    tags = list(counts)
-    values = torch.stack([counts[tag].double() / totals[tag] for tag in tags]
-                         + [error.double() for error in mismatch.values()]).tolist()  # the one host sync
-    for name, error in zip(mismatch, values[len(tags):]):
-        if error > MISMATCH:
-            raise ValueError(f"{name}: the gates recomputed from {type(watched[name]).__name__}'s weights do not "
-                             f"reproduce its output (off by {error:.3g}; a custom forward?); pass layers= without it")
-    return dict(zip(tags, values))
+    return capture.shares(low, high)
 
 
 def _count(gates: Mapping[str, Tensor], names: Sequence[str], layer: str, low: float, high: float,

@@ -15,6 +15,7 @@ backward ...) says so in one warning and turns itself off; training goes on.
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lstm_grad.diagnostics.gates import gate_saturation
+from lstm_grad.diagnostics.gates import GateCapture
 from lstm_grad.diagnostics.figures import heatmap_image, profile_figure
 from lstm_grad.diagnostics.texts import profile_markdown, with_data
 from lstm_grad.diagnostics.timegrad import lag_value, probe_gradients, time_reach
@@ -61,8 +62,9 @@ class TimeGradientProbe(Callback):
             what ``loss_fn`` takes; default: a batch is ``(x, y, ...)``.
         gates: also log ``gate_sat/<layer>/<gate>`` for every ``nn.LSTM`` / ``nn.GRU`` layer: the share of
             gate values saturated (below 0.05 or above 0.95), and ``..._closed`` / ``..._open`` for the
-            forget / input / update gates, recomputed on the probe batch
-            (:func:`lstm_grad.diagnostics.gates.gate_saturation`).
+            forget / input / update gates, recomputed from the layers' inputs and outputs caught in the
+            probe's own forward (:class:`lstm_grad.diagnostics.gates.GateCapture`; the same values as
+            :func:`lstm_grad.diagnostics.gates.gate_saturation` on the probe batch, one forward fewer).
     """
 
     def __init__(self, every_n_epochs: int = 1, probe_size: int = 8, lags: Sequence[int] = (1, 10, 30, 60),
@@ -166,7 +168,9 @@ class TimeGradientProbe(Callback):
             raise ValueError(f"the input has shape {tuple(x.shape)}, not (batch, time, features)")
         own = getattr(pl_module, "loss_fn", None)
         loss_fn = self.loss_fn or (own if callable(own) else F.mse_loss)
-        profile, acts = probe_gradients(pl_module, x, y, loss_fn, self.layers)
+        gates = GateCapture(pl_module) if self.gates else nullcontext()
+        with gates:  # the gates are caught in the probe's own forward (eval mode): no second forward
+            profile, acts = probe_gradients(pl_module, x, y, loss_fn, self.layers)
         flat = torch.cat([profile, *(a.reshape(1) for a in acts.values())]).tolist()  # one host sync
         profile_list, act_values = flat[: len(profile)], flat[len(profile):]
         self.profile = profile.detach().cpu()
@@ -174,7 +178,7 @@ class TimeGradientProbe(Callback):
         scalars = {k: v for k, v in scalars.items() if v is not None}
         scalars["grad_time/reach"] = float(time_reach(profile_list, self.fraction))
         scalars.update({f"grad_act/{name}": v for name, v in zip(acts, act_values)})
-        for key, share in (self._gate_shares(pl_module, x) if self.gates else {}).items():
+        for key, share in (self._gate_shares(gates) if isinstance(gates, GateCapture) else {}).items():
             scalars[f"gate_sat/{key}"] = share
             self.gate_history.setdefault(key, {})[trainer.global_step] = share
         self.last, self.last_step = scalars, trainer.global_step
@@ -189,11 +193,12 @@ class TimeGradientProbe(Callback):
                 experiment.add_text(PROFILE_TAG, with_data(text, entry), trainer.global_step)
         return scalars
 
-    def _gate_shares(self, module: Any, x: Tensor) -> dict[str, float]:
-        """Gate saturation on the probe batch; a model whose recurrent layers cannot be recomputed (a
-        subclass with its own forward, packed input) loses this signal alone, with one warning."""
+    def _gate_shares(self, gates: GateCapture) -> dict[str, float]:
+        """Gate saturation on the probe batch (:meth:`GateCapture.shares`); a model whose recurrent layers
+        cannot be recomputed (a subclass with its own forward, packed input) loses this signal alone,
+        with one warning."""
         try:
-            return gate_saturation(module, x)
+            return gates.shares()
         except ValueError as error:
             self.gates = False
             warnings.warn(f"TimeGradientProbe: gate saturation turned off ({error})", GradientHealthWarning, stacklevel=2)

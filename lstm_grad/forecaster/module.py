@@ -100,8 +100,8 @@ class LSTMForecaster(pl.LightningModule):
         self.calibration: dict[str, Any] = {}  # fitted on validation; saved in and restored from checkpoints
         self.test_outputs: dict[str, np.ndarray] = {}  # the last test run's float64 prices and intervals
         self._outputs: dict[str, list[tuple[Tensor, ...]]] = {"val": [], "test": []}
-        self._train_loss_sum: Tensor | None = None  # sum of loss * batch size over this epoch
-        self._train_loss_n = 0
+        self._loss_sum: dict[str, Tensor] = {}  # per stage: sum of loss * batch size over this epoch
+        self._loss_n: dict[str, int] = {}  # per stage: windows in that sum
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -117,10 +117,10 @@ class LSTMForecaster(pl.LightningModule):
         x, y, _, index = batch  # (B, T, F), (B, H) scaled, (B,) price, (B,) window numbers
         pred = self(x)
         loss = self.loss_fn(pred, y)
+        self._add_loss(stage, loss, len(x))
         if stage == "train":
             self._log_train_loss(loss, len(x))
         else:
-            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x))
             dm = self.trainer.datamodule
             anchor, actual = dm.window_prices(stage, index)  # float64 (B,), (B, H)
             prices = dm.inverse_transform(pred, anchor)
@@ -133,27 +133,35 @@ class LSTMForecaster(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
 
-    def _log_train_loss(self, loss: Tensor, batch_size: int) -> None:
-        """Log ``train/loss_step`` only where it is shown (a step the logger writes, or a progress bar)
-        and keep the epoch's sample-weighted mean as a tensor, logged as ``train/loss_epoch``.
+    def _add_loss(self, stage: str, loss: Tensor, batch_size: int) -> None:
+        """Add a batch to the stage's sample-weighted mean loss, kept as a tensor (no host sync) and logged
+        once at the epoch's end (``train/loss_epoch``, ``val/loss``, ``test/loss``).
 
-        Lightning's ``self.log`` costs ~0.1-0.3 ms of Python per call (``_ResultCollection.log`` calls
-        ``_ResultMetric.to``, which runs ``apply_to_collection`` and deep-copies the metadata dataclass:
-        ``lightning/pytorch/trainer/connectors/logger_connector/result.py``); once per step it was the
-        largest per-step cost Lightning added over a plain loop (``python -m benchmarks.bench``, item 1).
+        Lightning's ``self.log`` costs ~0.5-1 ms of Python per call on this CPU (``_ResultCollection.log``
+        calls ``_ResultMetric.to``, which runs ``apply_to_collection`` and deep-copies the metadata
+        dataclass: ``lightning/pytorch/trainer/connectors/logger_connector/result.py``); once per batch it
+        was the largest per-step cost Lightning added over a plain loop (``python -m benchmarks.bench``, item 1).
         """
         weighted = loss.detach() * batch_size
-        self._train_loss_sum = weighted if self._train_loss_sum is None else self._train_loss_sum + weighted
-        self._train_loss_n += batch_size
+        self._loss_sum[stage] = self._loss_sum[stage] + weighted if stage in self._loss_sum else weighted
+        self._loss_n[stage] = self._loss_n.get(stage, 0) + batch_size
+
+    def _log_epoch_loss(self, stage: str, name: str, sync_dist: bool) -> None:
+        """Log the stage's mean loss over the epoch as ``name`` and start the next epoch's sum."""
+        total, n = self._loss_sum.pop(stage, None), self._loss_n.pop(stage, 0)
+        if n:
+            self.log(name, total / n, on_epoch=True, prog_bar=True, sync_dist=sync_dist)
+
+    def _log_train_loss(self, loss: Tensor, batch_size: int) -> None:
+        """Log ``train/loss_step`` only where it is shown (a step the logger writes, or a progress bar)."""
         if self._logger_writes_this_step() or self.trainer.progress_bar_callback is not None:
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
 
     def on_train_epoch_start(self) -> None:
-        self._train_loss_sum, self._train_loss_n = None, 0
+        self._loss_sum.pop("train", None), self._loss_n.pop("train", None)
 
     def on_train_epoch_end(self) -> None:
-        if self._train_loss_n:
-            self.log("train/loss_epoch", self._train_loss_sum / self._train_loss_n, on_epoch=True, prog_bar=True)
+        self._log_epoch_loss("train", "train/loss_epoch", sync_dist=False)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "val")
@@ -211,10 +219,12 @@ class LSTMForecaster(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._outputs["val"] = []
+        self._loss_sum.pop("val", None), self._loss_n.pop("val", None)
         self._set_reference("val")
 
     def on_test_epoch_start(self) -> None:
         self._outputs["test"] = []
+        self._loss_sum.pop("test", None), self._loss_n.pop("test", None)
         self._set_reference("test")
 
     def _set_reference(self, stage: str) -> None:
@@ -227,6 +237,7 @@ class LSTMForecaster(pl.LightningModule):
         ``self.log`` stores them as float32 (Lightning's ``_ResultMetric`` uses the default dtype)."""
         values = {f"{stage}/{k}": float(v) for k, v in {**self.metrics[stage].compute(), **(extra or {})}.items()}
         self.epoch_metrics[stage] = values
+        self._log_epoch_loss(stage, f"{stage}/loss", sync_dist=True)  # the mean over every process's windows
         self.log_dict(values, prog_bar=False)
         self.metrics[stage].reset()
         return values
