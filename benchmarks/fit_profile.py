@@ -1,11 +1,13 @@
-"""What ``Trainer.fit`` and our callbacks add over the hand loop, by cost, from a ``cProfile`` run.
+"""Where ``Trainer.fit``'s time goes besides the network, by cost, from a ``cProfile`` run.
 
     python -m benchmarks.fit_profile --json docs/profile.json [--epochs 3] [--rounds 2]
 
 Profiles item 1's Lightning side (``benchmarks.overhead``: TensorBoard, price metrics, a
 checkpoint per epoch, ``GradientMonitor`` + ``TimeGradientProbe``) after a warm-up fit, and reports
 the cumulative time of each named cost as a share of the profiled fit, the smallest share over
-``--rounds`` profiled fits. The sanity check's share includes its own validation step, logging and
+``--rounds`` profiled fits. The diagnostics' rows are work the hand loop of item 1 does too
+(``benchmarks.same_work``); the data path, the result collection, the teardown and the
+hyperparameters are Lightning's own. The sanity check's share includes its own validation step, logging and
 metrics, which are also counted in their rows. ``cProfile`` adds its own per-call cost, so read the shares as an order,
 not to the decimal; ``python -m benchmarks.report --profile`` puts them on the benchmark page.
 """
@@ -46,6 +48,12 @@ COSTS: dict[str, dict[str, list[tuple[str, str]]]] = {
     "TensorBoard writes and hyperparameters": {
         "plus": [("fabric/loggers/tensorboard.py", "log_metrics"), ("pytorch/loggers/tensorboard.py", "save"),
                  ("pytorch/loggers/tensorboard.py", "log_hyperparams")]},
+    "data loading and batch transfer (the DataLoader's iterator, the transfer hook)": {
+        "plus": [("torch/utils/data/dataloader.py", "__next__"), ("pytorch/core/module.py", "_apply_batch_transfer_handler")]},
+    "teardown (the last checkpoint write awaited, the logger closed, results moved to the CPU)": {
+        "plus": [("pytorch/trainer/trainer.py", "_teardown")]},
+    "hyperparameters at the start (TensorBoard's HPARAMS, hparams.yaml)": {
+        "plus": [("pytorch/loggers/utilities.py", "_log_hyperparams")]},
     "validation metrics' compute (ForecastMetrics, its log_dict left out)": {
         "plus": [("lstm_grad/forecaster/module.py", "_log_epoch_metrics")], "minus": [("pytorch/core/module.py", "log_dict")]},
 }

@@ -35,9 +35,8 @@ memory stays in the process), both sides of every comparison alike, darts includ
 How each number is measured:
 - **A/B items** (1, 4, 9): the variants run interleaved (A B A B ...) after a warm-up round; each side
   reports min / median / max over rounds. The headline of items 1 and 9 is the median over rounds of
-  that round's own ratio (pairing by round cancels the machine's drift); item 4's `gemm_fraction` is
-  the best epoch rate over the best GEMM rate (both maxima), and its spread is each round's rate over
-  that best GEMM rate.
+  that round's own ratio (pairing by round cancels the machine's drift); item 4's `gemm_fraction` is the
+  median over rounds of the epoch's rate over the best of the 3 GEMM-only runs that follow it.
 - **Item 1** (`Trainer.fit` with TensorBoard, price metrics, a checkpoint per epoch, `GradientMonitor`
   and `TimeGradientProbe`; 3-epoch fits, 5 rounds in `--quick`) is compared with a hand-written loop
   doing the same work (`benchmarks/same_work.py`: the same scalars, texts and heat map written through

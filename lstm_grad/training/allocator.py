@@ -3,10 +3,10 @@
 With glibc's default ``malloc`` settings a CPU training step of the default network (batch 32,
 60 steps, 128 units) frees its large activation and workspace buffers back to the kernel at the end
 of the step and faults them in again at the next: 300,000-520,000 minor page faults per 3-epoch
-fit of 1,247 days, measured with ``getrusage`` (``python -m benchmarks.bench``, item 1), which made
-the same kernels 10-20 % slower from one fit to the next. Raising the mmap threshold (allocations
+fit of 1,247 days, measured with ``getrusage`` on item 1 of ``python -m benchmarks.bench``, and the
+same fit took 5-25 % longer, varying from one fit to the next. Raising the mmap threshold (allocations
 below it come from the heap, not a fresh ``mmap``) and the trim threshold (free memory at the top of
-the heap kept up to it) keeps those buffers: under 2,000 faults per fit and steps 10-20 % faster.
+the heap kept up to it) keeps those buffers: 40 to 6,000 faults per fit, and steadier, faster fits.
 Both are needed: either alone left the faults as they were (glibc's dynamic mmap threshold is turned
 off by setting either one, ``mallopt(3)``).
 
