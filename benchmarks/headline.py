@@ -12,8 +12,10 @@ HEADLINE = {  # JSON key -> (item, target, "max" if the value must stay below th
     "diagnostics_overhead": (3, 0.03, "max"),
     "gemm_fraction": (4, 0.9, "min"),
     "data_setup_s": (5, 0.5, "max"),
-    "scaling_exponent_days": (6, 1.0, "about"),
-    "scaling_exponent_window": (6, 1.0, "about"),
+    # item 6: cost may grow linearly or slower; an exponent above 1 would mean each window step costs more
+    # as the series or the window grows (sub-linear in the window: the input GEMM spans the whole window)
+    "scaling_exponent_days": (6, 1.15, "max"),
+    "scaling_exponent_window": (6, 1.15, "max"),
     "darts_ratio": (9, 0.97, "max"),  # issue 24: clearly ahead of darts, diagnostics on
 }
 
@@ -23,8 +25,6 @@ def verdict(key: str, value: float | None) -> str:
     if value is None or key not in HEADLINE:
         return "n/a"
     _, target, kind = HEADLINE[key]
-    if kind == "about":
-        return "ok" if abs(value - target) <= 0.15 else "MISS"
     return "ok" if (value <= target if kind == "max" else value >= target) else "MISS"
 
 
@@ -36,7 +36,7 @@ def table(result: dict[str, Any]) -> str:
         value = result.get(key)
         spread = result.get("spread", {}).get(key)
         span = " / ".join(f"{spread[k]:.4g}" for k in ("min", "median", "max")) if spread else ""
-        sign = {"max": "<=", "min": ">=", "about": "~"}[kind]
+        sign = {"max": "<=", "min": ">="}[kind]
         shown = "not measured" if value is None else f"{value:.4g}"
         lines.append(f"| {key} | {item} | {shown} | {span} | {sign} {target:g} | {verdict(key, value)} |")
     return "\n".join(lines)

@@ -126,9 +126,9 @@ def provenance(result: dict[str, Any]) -> str:
 
 
 def profile_section(profile: dict[str, Any]) -> list[str]:
-    """What ``Trainer.fit`` and our callbacks add over the hand loop, largest first."""
+    """Where ``Trainer.fit``'s time goes besides the network, largest cost first."""
     machine = profile["machine"]
-    lines = [f"What `Trainer.fit` and our callbacks add over the hand loop (`python -m benchmarks.fit_profile`, "
+    lines = [f"Where `Trainer.fit`'s time goes besides the network (`python -m benchmarks.fit_profile`, "
              f"cProfile of item 1's fit, {profile['epochs']} epochs, smallest share of {profile['rounds']} "
              f"profiled fits; commit `{machine.get('commit', 'not recorded')}`, load average "
              f"{machine['loadavg'][0]:.2f}):", "", "| cost | share of the fit |", "| --- | --- |"]
