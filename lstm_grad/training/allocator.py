@@ -1,10 +1,12 @@
 """Keep the memory a training step frees inside the process, so the next step does not fault it back in.
 
-With glibc's default ``malloc`` settings a CPU training step of the default network (batch 32,
-60 steps, 128 units) frees its large activation and workspace buffers back to the kernel at the end
-of the step and faults them in again at the next: 300,000-520,000 minor page faults per 3-epoch
-fit of 1,247 days, measured with ``getrusage`` on item 1 of ``python -m benchmarks.bench``, and the
-same fit took 5-25 % longer, varying from one fit to the next. Raising the mmap threshold (allocations
+With glibc's default ``malloc`` settings a CPU training step of the recipe's residual network (4
+layers of 128 units, batch 32, 60 steps) frees its large activation and workspace buffers back to the
+kernel at the end of the step and faults them in again at the next: 300,000-520,000 minor page faults
+per 3-epoch fit of 1,247 days, measured with ``getrusage`` on item 1 of ``python -m benchmarks.bench``,
+and the same fit took 5-25 % longer, varying from one fit to the next. The default forecaster (128, 64,
+32 units) faulted 1.6 M times in a whole ``python -m lstm_grad.fit`` run and 0.12 M times with the
+setting, in the same 13.3-14.4 s end to end (3 alternating runs each): a smaller network gains little. Raising the mmap threshold (allocations
 below it come from the heap, not a fresh ``mmap``) and the trim threshold (free memory at the top of
 the heap kept up to it) keeps those buffers: 40 to 6,000 faults per fit, and steadier, faster fits.
 Both are needed: either alone left the faults as they were (glibc's dynamic mmap threshold is turned
