@@ -42,8 +42,9 @@ def run(mode: str, **env: str) -> tuple[dict, str]:
 def test_freed_buffers_are_not_faulted_back_in_and_a_users_setting_is_left_alone() -> None:
     default, _ = run("default")
     kept, said = run("keep")
-    assert default["faults"] >= 10 * 12288 * 0.9
-    assert kept["applied"] is True and kept["faults"] < 500
+    # 12,288 faults per round with 4 KiB pages; with transparent huge pages always on, 24 (2 MiB pages)
+    assert default["faults"] >= 10 * 24 * 0.9
+    assert kept["applied"] is True and kept["faults"] * 20 < default["faults"]
     assert said.count("memory: freed buffers stay in the process (glibc mmap threshold 64 MiB") == 1
     users, said = run("keep", MALLOC_TRIM_THRESHOLD_="131072")
     assert users["applied"] is False and said == "memory: the allocator is left as MALLOC_TRIM_THRESHOLD_ sets it"
