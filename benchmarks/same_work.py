@@ -13,16 +13,19 @@ adds, not what the work costs:
   a checkpoint (weights, optimizer, calibration, tracker state) through ``atomic_torch_save``
   (temp file, fsync, rename), synchronously;
 - before training and every ``PROBE_EVERY`` epochs: the time probe (``probe_gradients`` with the
-  gates caught in its forward), its scalars and its Markdown profile; at the end the heat map image.
+  gates caught in its forward), its scalars and its Markdown profile; at the end the heat map image;
+- the doctor (``LiveDoctor``, the monitor's, fed plain values): the custom-scalars layout at the start,
+  its checks at every epoch's end and at the end of training, then its context and findings texts.
 
-Not done here and so counted as Lightning's: the live doctor's epoch checks, the hyperparameters
-view, Lightning's own loops, hooks, result collection and data loader.
+Not done here and so counted as Lightning's: the hyperparameters view, Lightning's own loops, hooks,
+result collection and data loader.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,10 +37,14 @@ from torch.utils.tensorboard import SummaryWriter
 from benchmarks.config import BenchConfig
 from benchmarks.fits import CLIP, LOG_EVERY, PROBE_EVERY
 from lstm_grad.data import GoldDataModule
-from lstm_grad.diagnostics import GradientTracker
+from lstm_grad.diagnostics import GradientFinding, GradientTracker
 from lstm_grad.diagnostics.figures import heatmap_image
+from lstm_grad.diagnostics.findings import json_safe
 from lstm_grad.diagnostics.gates import GateCapture
-from lstm_grad.diagnostics.texts import profile_markdown, with_data
+from lstm_grad.diagnostics.live_doctor import LiveDoctor
+from lstm_grad.diagnostics.run_signals import CONTEXT_TAG
+from lstm_grad.diagnostics.texts import context_markdown, findings_markdown, profile_markdown, with_data
+from lstm_grad.diagnostics.views import custom_scalars_layout
 from lstm_grad.diagnostics.timegrad import lag_value, probe_gradients, time_reach
 from lstm_grad.forecaster.baselines import anchor_scale, train_reference
 from lstm_grad.forecaster.metrics import ForecastMetrics
@@ -49,13 +56,16 @@ PROBE_SIZE, LAGS, FRACTION = 8, (1, 10, 30, 60), 0.01  # TimeGradientProbe's def
 
 
 class Probe:
-    """The time probe by hand: scalars and the Markdown profile per probe, the heat map at the end."""
+    """The time probe by hand: scalars and the Markdown profile per probe, the heat map at the end; its
+    ``history``, ``gate_history`` and ``fraction`` are what the doctor reads of a ``TimeGradientProbe``."""
 
     def __init__(self, dm: GoldDataModule, writer: SummaryWriter) -> None:
         x, y, *_ = dm.datasets["val"].__getitems__(torch.arange(PROBE_SIZE))  # the probe's default batch
-        self.x, self.y, self.writer = x, y, writer
+        self.x, self.y, self.writer, self.fraction = x, y, writer, FRACTION
         self.labels: list[str] = []
         self.rows: list[list[float]] = []
+        self.history: list[dict[str, Any]] = []
+        self.gate_history: dict[str, dict[int, float]] = {}
 
     def __call__(self, model: torch.nn.Module, label: str, step: int) -> None:
         with GateCapture(model) as gates:
@@ -65,7 +75,11 @@ class Probe:
         scalars = {f"grad_time/lag_{lag}": lag_value(values, lag) for lag in LAGS if lag <= len(values)}
         scalars["grad_time/reach"] = float(time_reach(values, FRACTION))
         scalars.update({f"grad_act/{name}": v for name, v in zip(acts, flat[len(profile):])})
-        scalars.update({f"gate_sat/{key}": share for key, share in gates.shares().items()})
+        shares = gates.shares()
+        scalars.update({f"gate_sat/{key}": share for key, share in shares.items()})
+        for key, share in shares.items():
+            self.gate_history.setdefault(key, {})[step] = share
+        self.history.append({"label": label, "step": step, "profile": values})
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
         text = profile_markdown(label, values, scalars["grad_time/reach"], FRACTION)
@@ -112,6 +126,9 @@ def same_work_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, seed: int =
         folder = keep_in or Path(tempfile.mkdtemp(prefix="bench_loop_"))
         writer = SummaryWriter(str(folder))
         tracker, probe = GradientTracker(model), Probe(dm, writer)
+        doctor = LiveDoctor(lambda message: warnings.warn(message, GradientFinding, stacklevel=2))
+        doctor.clip_value, doctor.hparams = CLIP, dict(dm.hparams)
+        writer.add_custom_scalars(custom_scalars_layout())
         metrics = ForecastMetrics()
         reference = train_reference(dm)
         metrics.scale, metrics.drift_slope = reference["mase_scale"], reference["drift_slope"]
@@ -132,7 +149,8 @@ def same_work_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, seed: int =
                 opt.step()
                 loss_sum += loss.detach() * len(x)
                 if logged:
-                    for tag, value in {"train/loss_step": loss.item(), **result.tags, **tracker.update_tags()}.items():
+                    doctor.loss[step] = loss.item()
+                    for tag, value in {"train/loss_step": doctor.loss[step], **result.tags, **tracker.update_tags()}.items():
                         writer.add_scalar(tag, value, step)
                 step += 1
             writer.add_scalar("train/loss_epoch", float(loss_sum) / len(data), step)
@@ -142,9 +160,17 @@ def same_work_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, seed: int =
             mae = val["values"]["val/mae"]
             if (epoch + 1) % PROBE_EVERY == 0:
                 probe(model, f"epoch {epoch}", step)
+            doctor.val_rel_mae[step] = val["values"]["val/rel_mae"]
+            doctor.read_probe(probe)
+            doctor.check(tracker, final=False, run_dir=str(folder))
             atomic_torch_save({"epoch": epoch, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
                                "calibration": val["calibration"], "tracker": tracker.state_dict()},
                               folder / "last.ckpt")
+        doctor.check(tracker, final=True, run_dir=str(folder))
+        context = doctor.context(tracker)
+        findings = [json_safe(f.to_json()) for f in doctor.findings]
+        writer.add_text(CONTEXT_TAG, with_data(context_markdown(context), context), step)
+        writer.add_text("doctor/findings", with_data(findings_markdown(findings), findings), step)
         probe.heatmap(step)
         writer.close()
         if keep_in is None:

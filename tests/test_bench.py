@@ -90,7 +90,8 @@ def test_tiny_run_writes_the_json_keys():
 def test_the_hand_loop_of_item_1_writes_what_the_lightning_fit_writes(tmp_path):
     """Item 1 compares ``Trainer.fit`` with a hand loop "doing the same work": the loop writes every scalar
     tag the Lightning fit writes (Lightning's own ``epoch`` and ``hp_metric`` aside) at as many points, the
-    same texts and the heat map, and its checkpoint holds the weights, the optimizer and the calibration."""
+    same texts (the probe's profiles, the doctor's context and findings, the custom-scalars layout) and the
+    heat map, and its checkpoint holds the weights, the optimizer and the calibration."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from benchmarks.fits import lightning_fit, make_data
@@ -109,7 +110,7 @@ def test_the_hand_loop_of_item_1_writes_what_the_lightning_fit_writes(tmp_path):
         events.Reload()
         tags = events.Tags()
         scalars = {tag: len(events.Scalars(tag)) for tag in tags["scalars"]}
-        return scalars, set(tags["tensors"]), set(tags["images"])
+        return scalars, {tag: len(events.Tensors(tag)) for tag in tags["tensors"]}, set(tags["images"])
 
     fit_scalars, fit_texts, fit_images = written(tmp_path / "fit")
     loop_scalars, loop_texts, loop_images = written(tmp_path / "loop")
@@ -117,7 +118,9 @@ def test_the_hand_loop_of_item_1_writes_what_the_lightning_fit_writes(tmp_path):
     assert {t: n for t, n in fit_scalars.items() if t not in lightning_own} == loop_scalars
     assert {"grad_norm/total", "grad_update/lstm_0", "gate_sat/lstm_0/forget", "grad_time/reach", "val/rel_mae",
             "val/loss", "train/loss_epoch", "train/loss_step"} <= set(loop_scalars)
-    assert "grad_time/profile_values/text_summary" in loop_texts & fit_texts
+    assert loop_texts == fit_texts  # the same texts as many times
+    assert set(loop_texts) == {"grad_time/profile_values/text_summary", "doctor/findings/text_summary",
+                               "doctor/context/text_summary", "custom_scalars__config__"}
     assert loop_images == fit_images == {"grad_time/heatmap"}
     saved = torch.load(tmp_path / "loop" / "last.ckpt", weights_only=True)
     assert {"state_dict", "optimizer", "calibration"} <= set(saved) and saved["epoch"] == 2
