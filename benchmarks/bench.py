@@ -4,8 +4,8 @@
 
 Every comparison runs its variants interleaved (A B A B ...) after one warm-up round, reports
 min / median / max over the repeats and the ratio of the medians, so a busy machine slows both
-sides alike. ``--quick`` runs items 1-4 and 9 with 3-epoch fits and 3 rounds (item 1: 5 rounds, item 9: 12 rounds of
-4-epoch fits; ~6 minutes on an idle 2-core box);
+sides alike. ``--quick`` runs items 1-4 and 9 with 3-epoch fits and 3 rounds (item 1: 5 rounds, item 9: 20 rounds of
+4-epoch fits; ~8 minutes on an idle 2-core box);
 the full run adds the full 9,132-day series, data, scaling, predict and ``torch.compile``.
 The helpers are pure functions (``benchmarks.stats``, ``benchmarks.flops``, ``benchmarks.headline``)
 tested in ``tests/test_bench.py``; the timed items live in ``benchmarks.overhead`` (1-3),
@@ -102,7 +102,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
 def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse.Namespace]:
     """The command line as a :class:`BenchConfig` (what to run) and the namespace (where to write)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="items 1-4 and 9, 3-epoch fits, 3 rounds (~6 min idle)")
+    parser.add_argument("--quick", action="store_true", help="items 1-4 and 9, 3-epoch fits, 3 rounds (~8 min idle)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",

@@ -28,6 +28,6 @@ class BenchConfig:
 
     @classmethod
     def quick_config(cls) -> BenchConfig:
-        """``--quick``: items 1-4 and 9, 3-epoch fits, 3 rounds (items 1 and 9 take more; ~6 minutes on an
+        """``--quick``: items 1-4 and 9, 3-epoch fits, 3 rounds (items 1 and 9 take more; ~8 minutes on an
         idle 2-core box)."""
         return cls(quick=True, epochs=3, repeats=3, items=(1, 2, 3, 4, 9))
