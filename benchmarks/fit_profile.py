@@ -49,7 +49,8 @@ COSTS: dict[str, dict[str, list[tuple[str, str]]]] = {
         "plus": [("fabric/loggers/tensorboard.py", "log_metrics"), ("pytorch/loggers/tensorboard.py", "save"),
                  ("pytorch/loggers/tensorboard.py", "log_hyperparams")]},
     "data loading and batch transfer (the DataLoader's iterator, the transfer hook)": {
-        "plus": [("torch/utils/data/dataloader.py", "__next__"), ("pytorch/core/module.py", "_apply_batch_transfer_handler")]},
+        "plus": [("torch/utils/data/dataloader.py", "__next__"),
+                 ("pytorch/core/module.py", "_apply_batch_transfer_handler")]},
     "teardown (the last checkpoint write awaited, the logger closed, results moved to the CPU)": {
         "plus": [("pytorch/trainer/trainer.py", "_teardown")]},
     "hyperparameters at the start (TensorBoard's HPARAMS, hparams.yaml)": {

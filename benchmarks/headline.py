@@ -51,8 +51,8 @@ def details(result: dict[str, Any]) -> str:
         parts = [f"{k} {item[k]['median']:.4g} ({item[k]['min']:.4g}..{item[k]['max']:.4g})" for k in sides]
         if "ratio" in item:
             parts.append(f"ratio {item['ratio']:.4f}")
-        parts += [f"{k} {item[k]:.4g}" for k in ("bare_loop_ratio", "ratio_of_medians", "exponent_days", "exponent_window",
-                                                 "copies_of_series", "max_rel_grad_norm_diff")
+        parts += [f"{k} {item[k]:.4g}" for k in ("bare_loop_ratio", "ratio_of_medians", "exponent_days",
+                                                 "exponent_window", "copies_of_series", "max_rel_grad_norm_diff")
                   if isinstance(item.get(k), float)]
         parts += [f"{k} {item[k]}" for k in ("bytes_held", "bytes_if_windows_copied", "callbacks", "error")
                   if k in item]

@@ -8,7 +8,8 @@ epoch, ``GradientMonitor`` and ``TimeGradientProbe``. darts trains without valid
 checkpoints (its defaults). Both see the same training windows (60 days x 5 features -> 1 step),
 batch 32, Adam 1e-3, gradient clipping by norm 1.0, and the same ``EpochTimer`` callback: epoch time
 is training time, validation excluded; on our side the timer runs after the diagnostics, so the
-probe's epoch-end pass and the checkpoint are inside it (the mean over epochs 1-3 of a 4-epoch fit). darts is optional (``pip install -e ".[peers]"``); without it
+probe's epoch-end pass and the checkpoint are inside it (the mean over epochs 1-3 of a 4-epoch
+fit). darts is optional (``pip install -e ".[peers]"``); without it
 the item is skipped with a message.
 """
 

@@ -150,7 +150,8 @@ def same_work_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, seed: int =
                 loss_sum += loss.detach() * len(x)
                 if logged:
                     doctor.loss[step] = loss.item()
-                    for tag, value in {"train/loss_step": doctor.loss[step], **result.tags, **tracker.update_tags()}.items():
+                    tags = {"train/loss_step": doctor.loss[step], **result.tags, **tracker.update_tags()}
+                    for tag, value in tags.items():
                         writer.add_scalar(tag, value, step)
                 step += 1
             writer.add_scalar("train/loss_epoch", float(loss_sum) / len(data), step)
