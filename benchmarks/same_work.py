@@ -39,13 +39,12 @@ from benchmarks.fits import CLIP, LOG_EVERY, PROBE_EVERY
 from lstm_grad.data import GoldDataModule
 from lstm_grad.diagnostics import GradientFinding, GradientTracker
 from lstm_grad.diagnostics.figures import heatmap_image
-from lstm_grad.diagnostics.findings import json_safe
 from lstm_grad.diagnostics.gates import GateCapture
 from lstm_grad.diagnostics.live_doctor import LiveDoctor
-from lstm_grad.diagnostics.run_signals import CONTEXT_TAG
-from lstm_grad.diagnostics.texts import context_markdown, findings_markdown, profile_markdown, with_data
+from lstm_grad.diagnostics.probe import probe_scalars
+from lstm_grad.diagnostics.texts import profile_markdown, with_data
 from lstm_grad.diagnostics.views import custom_scalars_layout
-from lstm_grad.diagnostics.timegrad import lag_value, probe_gradients, time_reach
+from lstm_grad.diagnostics.timegrad import probe_gradients
 from lstm_grad.forecaster.baselines import anchor_scale, train_reference
 from lstm_grad.forecaster.metrics import ForecastMetrics
 from lstm_grad.forecaster.shrinkage import PRIOR_WINDOWS, fit_calibration
@@ -62,19 +61,13 @@ class Probe:
     def __init__(self, dm: GoldDataModule, writer: SummaryWriter) -> None:
         x, y, *_ = dm.datasets["val"].__getitems__(torch.arange(PROBE_SIZE))  # the probe's default batch
         self.x, self.y, self.writer, self.fraction = x, y, writer, FRACTION
-        self.labels: list[str] = []
-        self.rows: list[list[float]] = []
         self.history: list[dict[str, Any]] = []
         self.gate_history: dict[str, dict[int, float]] = {}
 
     def __call__(self, model: torch.nn.Module, label: str, step: int) -> None:
         with GateCapture(model) as gates:
             profile, acts = probe_gradients(model, self.x, self.y, F.mse_loss)
-        flat = torch.cat([profile, *(a.reshape(1) for a in acts.values())]).tolist()
-        values = flat[: len(profile)]
-        scalars = {f"grad_time/lag_{lag}": lag_value(values, lag) for lag in LAGS if lag <= len(values)}
-        scalars["grad_time/reach"] = float(time_reach(values, FRACTION))
-        scalars.update({f"grad_act/{name}": v for name, v in zip(acts, flat[len(profile):])})
+        values, scalars = probe_scalars(profile, acts, LAGS, FRACTION)
         shares = gates.shares()
         scalars.update({f"gate_sat/{key}": share for key, share in shares.items()})
         for key, share in shares.items():
@@ -84,12 +77,10 @@ class Probe:
             self.writer.add_scalar(tag, value, step)
         text = profile_markdown(label, values, scalars["grad_time/reach"], FRACTION)
         self.writer.add_text("grad_time/profile_values", with_data(text, {"label": label, "profile": values}), step)
-        self.labels.append(label)
-        self.rows.append(values)
 
     def heatmap(self, step: int) -> None:
-        self.writer.add_image("grad_time/heatmap", heatmap_image(self.labels, self.rows).numpy(), step,
-                              dataformats="HWC")
+        labels, rows = [h["label"] for h in self.history], [h["profile"] for h in self.history]
+        self.writer.add_image("grad_time/heatmap", heatmap_image(labels, rows).numpy(), step, dataformats="HWC")
 
 
 def validate(model: torch.nn.Module, dm: GoldDataModule, metrics: ForecastMetrics) -> dict[str, Any]:
@@ -168,10 +159,8 @@ def same_work_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, seed: int =
                                "calibration": val["calibration"], "tracker": tracker.state_dict()},
                               folder / "last.ckpt")
         doctor.check(tracker, final=True, run_dir=str(folder))
-        context = doctor.context(tracker)
-        findings = [json_safe(f.to_json()) for f in doctor.findings]
-        writer.add_text(CONTEXT_TAG, with_data(context_markdown(context), context), step)
-        writer.add_text("doctor/findings", with_data(findings_markdown(findings), findings), step)
+        for tag, text in doctor.texts(tracker).items():
+            writer.add_text(tag, text, step)
         probe.heatmap(step)
         writer.close()
         if keep_in is None:

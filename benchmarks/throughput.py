@@ -57,7 +57,8 @@ def item_gemm(cfg: BenchConfig, dm: GoldDataModule) -> dict[str, Any]:
     epoch = lambda: train_epoch(model, opt, dm)  # noqa: E731
     gemms = lambda: [gemm_batch() for _ in range(batches)]  # noqa: E731  as many full batches as the epoch
     for _ in range(cfg.warmup):
-        epoch(), gemms()
+        epoch()
+        gemms()
     achieved, ceiling = [], []
     for _ in range(max(cfg.repeats, 5)):
         achieved.append(train_flops / getattr(timed(epoch)[0], cfg.clock) / 1e9)

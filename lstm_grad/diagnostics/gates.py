@@ -229,8 +229,7 @@ class GateCapture:
     def shares(self, low: float = 0.05, high: float = 0.95) -> dict[str, float]:
         """The saturated / closed / open shares of the caught calls (keys: the module docstring); ``{}``
         when no watched module ran. One host sync. Raises ``ValueError`` as :func:`gate_saturation`."""
-        if not 0.0 <= low < high <= 1.0:
-            raise ValueError(f"low={low}, high={high}: need 0 <= low < high <= 1")
+        _check_band(low, high)
         counts: dict[str, Tensor] = {}
         totals: dict[str, int] = {}
         mismatch: dict[str, Tensor] = {}
@@ -254,6 +253,11 @@ class GateCapture:
                                  f"not reproduce its output (off by {error:.3g}; a custom forward?); pass layers= "
                                  "without it")
         return dict(zip(tags, values))
+
+
+def _check_band(low: float, high: float) -> None:
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"low={low}, high={high}: need 0 <= low < high <= 1")
 
 
 def _detached(value: Any) -> Any:
@@ -284,8 +288,7 @@ def gate_saturation(model: nn.Module, x: Any, layers: Mapping[str, nn.Module] | 
     >>> shares["lstm/forget"], shares["lstm/forget_closed"], shares["lstm/forget_open"]
     (1.0, 1.0, 0.0)
     """
-    if not 0.0 <= low < high <= 1.0:
-        raise ValueError(f"low={low}, high={high}: need 0 <= low < high <= 1")
+    _check_band(low, high)  # before the forward
     capture = GateCapture(model, layers)
     if not capture.watched:
         return {}

@@ -62,18 +62,22 @@ class LiveDoctor:
         run_dir = next((getattr(logger, "log_dir", None) for logger in trainer.loggers), None)
         self.check(tracker, final, run_dir if trainer.is_global_zero else None)
 
-    def write_texts(self, trainer: Any, tracker: GradientTracker, step: int) -> None:
-        """Write ``doctor/context`` (what ``diagnose`` needs besides the scalars) and ``doctor/findings``
-        as TensorBoard text on rank 0: Markdown for the TEXT tab, the values in a comment (:mod:`.texts`)."""
+    def texts(self, tracker: GradientTracker) -> dict[str, str]:
+        """``{tag: text}`` of ``doctor/context`` (what ``diagnose`` needs besides the scalars) and
+        ``doctor/findings``: Markdown for the TEXT tab, the values in a comment (:mod:`.texts`)."""
         context = self.context(tracker)
-        context = with_data(context_markdown(context), context)
         findings = [json_safe(f.to_json()) for f in self.findings]
-        findings = with_data(findings_markdown(findings), findings)
+        return {CONTEXT_TAG: with_data(context_markdown(context), context),
+                "doctor/findings": with_data(findings_markdown(findings), findings)}
+
+    def write_texts(self, trainer: Any, tracker: GradientTracker, step: int) -> None:
+        """Write :meth:`texts` as TensorBoard text on rank 0."""
+        texts = self.texts(tracker)
         for logger in trainer.loggers if trainer.is_global_zero else []:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_text"):
-                experiment.add_text(CONTEXT_TAG, context, step)
-                experiment.add_text("doctor/findings", findings, step)
+                for tag, text in texts.items():
+                    experiment.add_text(tag, text, step)
 
     def signals(self, tracker: GradientTracker) -> Signals:
         groups = list(tracker.groups.names) if hasattr(tracker, "groups") else []

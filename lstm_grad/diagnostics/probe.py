@@ -33,6 +33,20 @@ from lstm_grad.diagnostics.tracker import GradientHealthWarning
 PROFILE_TAG = "grad_time/profile_values"  # the full profile per probe, as JSON text (diagnose reads it)
 
 
+def probe_scalars(profile: Tensor, acts: dict[str, Tensor], lags: Sequence[int], fraction: float
+                  ) -> tuple[list[float], dict[str, float]]:
+    """Read one probe's results with one host sync: the profile (T,) as a list, and its scalars
+    ``grad_time/lag_<k>`` (the lags that fit in the window), ``grad_time/reach`` and ``grad_act/<layer>``
+    (what :func:`probe_gradients` returned; see :class:`TimeGradientProbe`)."""
+    flat = torch.cat([profile, *(a.reshape(1) for a in acts.values())]).tolist()  # one host sync
+    values, act_values = flat[: len(profile)], flat[len(profile):]
+    scalars = {f"grad_time/lag_{lag}": lag_value(values, lag) for lag in lags}
+    scalars = {k: v for k, v in scalars.items() if v is not None}
+    scalars["grad_time/reach"] = float(time_reach(values, fraction))
+    scalars.update({f"grad_act/{name}": v for name, v in zip(acts, act_values)})
+    return values, scalars
+
+
 class TimeGradientProbe(Callback):
     """Log the gradient's reach through time and depth on a fixed batch, for any (B, T, F) model.
 
@@ -171,13 +185,8 @@ class TimeGradientProbe(Callback):
         gates = GateCapture(pl_module) if self.gates else nullcontext()
         with gates:  # the gates are caught in the probe's own forward (eval mode): no second forward
             profile, acts = probe_gradients(pl_module, x, y, loss_fn, self.layers)
-        flat = torch.cat([profile, *(a.reshape(1) for a in acts.values())]).tolist()  # one host sync
-        profile_list, act_values = flat[: len(profile)], flat[len(profile):]
+        profile_list, scalars = probe_scalars(profile, acts, self.lags, self.fraction)
         self.profile = profile.detach().cpu()
-        scalars = {f"grad_time/lag_{lag}": lag_value(profile_list, lag) for lag in self.lags}
-        scalars = {k: v for k, v in scalars.items() if v is not None}
-        scalars["grad_time/reach"] = float(time_reach(profile_list, self.fraction))
-        scalars.update({f"grad_act/{name}": v for name, v in zip(acts, act_values)})
         for key, share in (self._gate_shares(gates) if isinstance(gates, GateCapture) else {}).items():
             scalars[f"gate_sat/{key}"] = share
             self.gate_history.setdefault(key, {})[trainer.global_step] = share

@@ -100,8 +100,7 @@ class LSTMForecaster(pl.LightningModule):
         self.calibration: dict[str, Any] = {}  # fitted on validation; saved in and restored from checkpoints
         self.test_outputs: dict[str, np.ndarray] = {}  # the last test run's float64 prices and intervals
         self._outputs: dict[str, list[tuple[Tensor, ...]]] = {"val": [], "test": []}
-        self._loss_sum: dict[str, Tensor] = {}  # per stage: sum of loss * batch size over this epoch
-        self._loss_n: dict[str, int] = {}  # per stage: windows in that sum
+        self._epoch_loss: dict[str, tuple[Tensor, int]] = {}  # per stage: (sum of loss * batch size, windows)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -142,15 +141,14 @@ class LSTMForecaster(pl.LightningModule):
         dataclass: ``lightning/pytorch/trainer/connectors/logger_connector/result.py``); once per batch it
         was the largest per-step cost Lightning added over a plain loop (``python -m benchmarks.bench``, item 1).
         """
-        weighted = loss.detach() * batch_size
-        self._loss_sum[stage] = self._loss_sum[stage] + weighted if stage in self._loss_sum else weighted
-        self._loss_n[stage] = self._loss_n.get(stage, 0) + batch_size
+        total, windows = self._epoch_loss.get(stage, (0.0, 0))
+        self._epoch_loss[stage] = (loss.detach() * batch_size + total, windows + batch_size)
 
     def _log_epoch_loss(self, stage: str, name: str, sync_dist: bool) -> None:
         """Log the stage's mean loss over the epoch as ``name`` and start the next epoch's sum."""
-        total, n = self._loss_sum.pop(stage, None), self._loss_n.pop(stage, 0)
-        if n:
-            self.log(name, total / n, on_epoch=True, prog_bar=True, sync_dist=sync_dist)
+        total, windows = self._epoch_loss.pop(stage, (None, 0))
+        if windows:
+            self.log(name, total / windows, on_epoch=True, prog_bar=True, sync_dist=sync_dist)
 
     def _log_train_loss(self, loss: Tensor, batch_size: int) -> None:
         """Log ``train/loss_step`` only where it is shown (a step the logger writes, or a progress bar)."""
@@ -158,7 +156,7 @@ class LSTMForecaster(pl.LightningModule):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
 
     def on_train_epoch_start(self) -> None:
-        self._loss_sum.pop("train", None), self._loss_n.pop("train", None)
+        self._epoch_loss.pop("train", None)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_loss("train", "train/loss_epoch", sync_dist=False)
@@ -219,12 +217,12 @@ class LSTMForecaster(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._outputs["val"] = []
-        self._loss_sum.pop("val", None), self._loss_n.pop("val", None)
+        self._epoch_loss.pop("val", None)
         self._set_reference("val")
 
     def on_test_epoch_start(self) -> None:
         self._outputs["test"] = []
-        self._loss_sum.pop("test", None), self._loss_n.pop("test", None)
+        self._epoch_loss.pop("test", None)
         self._set_reference("test")
 
     def _set_reference(self, stage: str) -> None:

@@ -4,11 +4,12 @@ With glibc's default ``malloc`` settings a CPU training step of the recipe's res
 layers of 128 units, batch 32, 60 steps) frees its large activation and workspace buffers back to the
 kernel at the end of the step and faults them in again at the next: 300,000-520,000 minor page faults
 per 3-epoch fit of 1,247 days, measured with ``getrusage`` on item 1 of ``python -m benchmarks.bench``,
-and the same fit took 5-25 % longer, varying from one fit to the next. The default forecaster (128, 64,
-32 units) faulted 1.6 M times in a whole ``python -m lstm_grad.fit`` run and 0.12 M times with the
-setting, in the same 13.3-14.4 s end to end (3 alternating runs each): a smaller network gains little. Raising the mmap threshold (allocations
-below it come from the heap, not a fresh ``mmap``) and the trim threshold (free memory at the top of
-the heap kept up to it) keeps those buffers: 40 to 6,000 faults per fit, and steadier, faster fits.
+and the same fit took 5-25 % longer, varying from one fit to the next. Raising the mmap threshold
+(allocations below it come from the heap, not a fresh ``mmap``) and the trim threshold (free memory at
+the top of the heap kept up to it) keeps those buffers: 40 to 6,000 faults per fit, and steadier,
+faster fits. The default forecaster (128, 64, 32 units) faulted 1.6 M times in a whole
+``python -m lstm_grad.fit`` run and 0.12 M times with the setting, in the same 13.3-14.4 s end to end
+(3 alternating runs each): a smaller network gains little.
 Both are needed: either alone left the faults as they were (glibc's dynamic mmap threshold is turned
 off by setting either one, ``mallopt(3)``).
 
@@ -30,7 +31,7 @@ import sys
 log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
-MMAP_THRESHOLD = 64 * 2**20  # bytes: a step's buffers of the default network are a few MiB each
+MMAP_THRESHOLD = 64 * 2**20  # bytes: a step's buffers of the recipe's network are a few MiB each
 TRIM_THRESHOLD = 256 * 2**20  # bytes of free heap top kept: the high-water mark of a step, with room
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_CONF")
 
@@ -59,7 +60,7 @@ def keep_freed_memory() -> bool:
         log.info("memory: the allocator is left as it is (not glibc Linux)")
         _applied = False
         return False
-    _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     if _applied:
         log.info("memory: freed buffers stay in the process (glibc mmap threshold %d MiB, trim threshold %d MiB): "
                  "no page faults between training steps; MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ set others",
