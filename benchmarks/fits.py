@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from benchmarks.config import BenchConfig
 from lstm_grad.data import GoldDataModule
 from lstm_grad.model import ResidualLSTM
+from lstm_grad.forecaster.optimizer import make_adam
 from lstm_grad.module import LSTMForecaster
 from lstm_grad.training import checkpoints
 
@@ -84,7 +85,7 @@ def hand_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, validate: bool =
     def run() -> float:
         torch.manual_seed(seed)
         model = ResidualLSTM(dm.n_features, cfg.hidden_sizes, horizon=dm.horizon)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = make_adam(model.parameters(), lr=1e-3)  # the forecaster's optimizer
         net = torch.compile(model) if compile_model else model
         mae = torch.zeros(())
         for _ in range(epochs):

@@ -47,6 +47,7 @@ from lstm_grad.diagnostics.views import custom_scalars_layout
 from lstm_grad.diagnostics.timegrad import probe_gradients
 from lstm_grad.forecaster.baselines import anchor_scale, train_reference
 from lstm_grad.forecaster.metrics import ForecastMetrics
+from lstm_grad.forecaster.optimizer import make_adam
 from lstm_grad.forecaster.shrinkage import PRIOR_WINDOWS, fit_calibration
 from lstm_grad.model import ResidualLSTM
 from lstm_grad.training.checkpoints import atomic_torch_save
@@ -113,7 +114,7 @@ def same_work_fit(cfg: BenchConfig, dm: GoldDataModule, epochs: int, seed: int =
     def run() -> float:
         torch.manual_seed(seed)
         model = ResidualLSTM(dm.n_features, cfg.hidden_sizes, horizon=dm.horizon)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = make_adam(model.parameters(), lr=1e-3)  # the forecaster's optimizer
         folder = keep_in or Path(tempfile.mkdtemp(prefix="bench_loop_"))
         writer = SummaryWriter(str(folder))
         tracker, probe = GradientTracker(model), Probe(dm, writer)
