@@ -30,17 +30,19 @@ FORGET_GATE = 1  # torch packs LSTM gates as (input, forget, cell, output)
 
 
 class UniformMaskDropout(nn.Dropout):
-    """``nn.Dropout`` whose keep-mask comes from comparing 16-bit uniform integers with a threshold.
+    """``nn.Dropout`` whose keep-mask comes from comparing 15-bit uniform integers with a threshold.
 
-    Each element is dropped with probability ``k / 65536``, ``k = round(p * 65536)`` (within 2**-17 of
-    ``p``), and a kept value is scaled by ``65536 / (65536 - k)``, the inverse of its keep probability, so
+    Each element is dropped with probability ``k / 32768``, ``k = round(p * 32768)`` (within 2**-16 of
+    ``p``), and a kept value is scaled by ``32768 / (32768 - k)``, the inverse of its keep probability, so
     the output's expectation is the input exactly, as ``nn.Dropout``'s; eval mode and ``p = 0`` are the
-    identity, ``p = 1`` gives zeros. Why: the CPU's random numbers are the cost. One 32-bit draw of
-    torch's generator (the run's seed decides it) gives two 16-bit uniforms, half the draws of float32
-    uniforms: a (32, 60, 128) layer output took 1.3-1.5 ms forward + backward, against 1.7-1.8 ms with
-    float32 ``rand`` and 2.7-3.0 ms with ``F.dropout``'s ``bernoulli_`` (torch 2.13.0 CPU, 2 threads, on
-    the 2-core benchmark machine); dropout between the layers had been 9 % of an epoch of the default
-    network (cProfile of ``benchmarks.peers``). The mask is built in the input's dtype.
+    identity, ``p = 1`` gives zeros. Why: the CPU's random numbers are the cost. torch's generator (the
+    run's seed decides it) fills an int64 with 63 random bits from two 32-bit draws
+    (``aten/src/ATen/core/DistributionsHelper.h``, ``uniform_int_distribution``); its four 16-bit parts,
+    each cut to 15 bits, are four uniforms, half the draws of float32 uniforms. A (32, 60, 128) layer
+    output took 0.75-0.93 ms forward + backward, against 1.0-1.6 ms with two 16-bit uniforms per 32-bit
+    draw, 1.7-1.8 ms with float32 ``rand`` and 2.7-3.0 ms with ``F.dropout``'s ``bernoulli_`` (torch
+    2.13.0 CPU, 2 threads, the 2-core benchmark machine); dropout between the layers had been 9 % of an
+    epoch of the default network (cProfile of ``benchmarks.peers``). The mask is built in the input's dtype.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -48,10 +50,10 @@ class UniformMaskDropout(nn.Dropout):
             return x
         if self.p == 1.0:
             return x * 0.0
-        n, dropped = x.numel(), round(self.p * 65536)
-        draws = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_(-2**31, 2**31 - 1)
-        uniform = draws.view(torch.int16)[:n].view(x.shape)  # two uniforms on [-32768, 32767] per draw
-        keep = torch.where(uniform >= dropped - 32768, 65536 / (65536 - dropped), 0.0)  # P(keep) = 1 - k/65536
+        n, dropped = x.numel(), round(self.p * 32768)
+        draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()  # [0, 2**63)
+        uniform = draws.view(torch.int16)[:n].view(x.shape).bitwise_and_(0x7FFF)  # four on [0, 32767] per int64
+        keep = torch.where(uniform >= dropped, 32768 / (32768 - dropped), 0.0)  # P(keep) = 1 - k / 32768
         return x * keep.to(x.dtype)
 
 
