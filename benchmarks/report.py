@@ -2,7 +2,8 @@
 ``python -m benchmarks.monitor --json`` wrote: the page is generated, never typed.
 
     python -m benchmarks.report docs/benchmarks.json [--monitor docs/bench_monitor.json] [--profile docs/profile.json]
-        [--extra docs/benchmarks_item1_full.json ...] [--out docs/BENCHMARKS.md] [--page docs/performance.md]
+        [--kernels docs/measured/kernels.json] [--extra docs/benchmarks_item1_full.json ...]
+        [--out docs/BENCHMARKS.md] [--page docs/performance.md]
 
 It also rewrites the performance table of ``--page`` between ``<!-- bench:begin -->`` and
 ``<!-- bench:end -->``.
@@ -137,6 +138,19 @@ def profile_section(profile: dict[str, Any]) -> list[str]:
     return lines
 
 
+def kernels_section(kernels: dict[str, Any]) -> list[str]:
+    """The per-step kernels the forecaster chose against the alternatives (``python -m benchmarks.kernels``)."""
+    machine = kernels["machine"]
+    lines = [f"The per-step kernels the forecaster chose, against the alternatives (`python -m benchmarks.kernels`, "
+             f"ms per call, min / median / max over rounds; commit `{machine.get('commit', 'not recorded')}`, "
+             f"load average {machine['loadavg'][0]:.2f}):", "", "| kernel | variant | ms per call |", "| --- | --- | --- |"]
+    groups = {**{f"Adam step, {net}": rows for net, rows in kernels["optimizer_step"].items()},
+              "dropout forward + backward, (32, 60, 128)": kernels["dropout_forward_backward"]}
+    for group, rows in groups.items():
+        lines += [f"| {group} | {name} | {s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f} |" for name, s in rows.items()]
+    return lines
+
+
 def scaling_lines(items: dict[str, Any]) -> list[str]:
     """Items 5 and 6 in words: the data set-up time, and the epoch time at each size with the fitted exponent."""
     lines = []
@@ -156,7 +170,8 @@ def scaling_lines(items: dict[str, Any]) -> list[str]:
 
 
 def page(result: dict[str, Any], source: str, monitor: dict[str, Any] | None,
-         profile: dict[str, Any] | None = None, extra: dict[str, dict[str, Any]] | None = None) -> str:
+         profile: dict[str, Any] | None = None, extra: dict[str, dict[str, Any]] | None = None,
+         kernels: dict[str, Any] | None = None) -> str:
     lines = [INTRO, f"## Latest run: `{source}`", "", provenance(result), "", table(result), "", *filled_note(result),
              details(result)]
     for name in ("monitor_user_model", "diagnostics"):
@@ -173,6 +188,8 @@ def page(result: dict[str, Any], source: str, monitor: dict[str, Any] | None,
         lines += scaling_lines(other["items"])
     if profile is not None:
         lines += ["", "## Where the fit's time goes", "", *profile_section(profile)]
+    if kernels is not None:
+        lines += ["", "## The per-step kernels", "", *kernels_section(kernels)]
     if monitor is not None:
         lines += monitor_section(monitor)
     return "\n".join(lines) + "\n"
@@ -184,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("json", type=Path)
     parser.add_argument("--monitor", type=Path, help="python -m benchmarks.monitor --json output")
     parser.add_argument("--profile", type=Path, help="python -m benchmarks.fit_profile --json output")
+    parser.add_argument("--kernels", type=Path, help="python -m benchmarks.kernels --json output")
     parser.add_argument("--extra", type=Path, action="append", default=[],
                         help="another python -m benchmarks.bench --json output, e.g. --items 1 without --quick (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("docs/BENCHMARKS.md"))
@@ -192,13 +210,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     monitor = json.loads(args.monitor.read_text()) if args.monitor else None
     profile = json.loads(args.profile.read_text()) if args.profile else None
+    kernels = json.loads(args.kernels.read_text()) if args.kernels else None
     result = json.loads(args.json.read_text())
     extra = {str(path): json.loads(path.read_text()) for path in args.extra}
     result = with_extra_keys(result, extra)
-    args.out.write_text(page(result, str(args.json), monitor, profile, extra))
+    args.out.write_text(page(result, str(args.json), monitor, profile, extra, kernels))
     print(f"wrote {args.out}")
     section = [provenance(result), "", table(result), "", *filled_note(result), "",
-               *(profile_section(profile) if profile else [])]
+               *(profile_section(profile) if profile else []), "", *(kernels_section(kernels) if kernels else [])]
     replace_block(args.page, "\n".join(section), BEGIN, END)
     print(f"rewrote the performance table of {args.page}")
 

@@ -124,3 +124,24 @@ def test_the_hand_loop_of_item_1_writes_what_the_lightning_fit_writes(tmp_path):
     assert loop_images == fit_images == {"grad_time/heatmap"}
     saved = torch.load(tmp_path / "loop" / "last.ckpt", weights_only=True)
     assert {"state_dict", "optimizer", "calibration"} <= set(saved) and saved["epoch"] == 2
+
+
+def test_the_timed_adam_variants_make_the_same_first_step():
+    from benchmarks.kernels import optimizer_steps
+
+    steps = optimizer_steps((6, 4))
+    params = steps["fused"].__self__.param_groups[0]["params"]
+    assert all(step.__self__.param_groups[0]["params"] == params for step in steps.values())  # one network
+    start = [p.detach().clone() for p in params]
+    moved = {}
+    for name, step in steps.items():  # each optimizer's first step, from the same weights and gradients
+        step()
+        moved[name] = [p.detach() - s for p, s in zip(params, start)]
+        with torch.no_grad():
+            for p, s in zip(params, start):
+                p.copy_(s)
+    assert steps["fused"].__self__.defaults["fused"] and not steps["foreach"].__self__.defaults["fused"]
+    for name in moved:
+        for a, b in zip(moved[name], moved["fused"]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert all(d.abs().max() > 0 for d in moved["fused"])  # every parameter moved

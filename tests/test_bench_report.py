@@ -30,10 +30,15 @@ def test_page_and_readme_table_are_built_from_the_json(tmp_path, report):
     profile = tmp_path / "profile.json"
     profile.write_text(json.dumps({"epochs": 3, "rounds": 2, "fit_s": [7.5, 7.4], "machine": MACHINE,
                                    "shares": {"sanity check": 0.0102, "TimeGradientProbe": 0.0146}}))
+    kernels = tmp_path / "kernels.json"
+    kernels.write_text(json.dumps({"machine": MACHINE, "optimizer_step": {"plain 128-128-128": {
+        "fused": {"min": 0.21, "median": 0.25, "max": 0.29}}}, "dropout_forward_backward": {
+        "F.dropout (bernoulli_)": {"min": 2.7, "median": 2.8, "max": 3.0}}}))
     readme = tmp_path / "README.md"
     readme.write_text("top\n<!-- bench:begin -->\ntyped 9.99\n<!-- bench:end -->\nbottom\n")
     out = tmp_path / "BENCHMARKS.md"
-    report.main([str(main), "--profile", str(profile), "--extra", str(full), "--out", str(out), "--page", str(readme)])
+    report.main([str(main), "--profile", str(profile), "--kernels", str(kernels), "--extra", str(full), "--out", str(out),
+                 "--page", str(readme)])
     page = out.read_text()
     assert "| lightning_vs_loop | 1 | 1.052 | 1.042 / 1.052 / 1.059 | <= 1.03 | MISS |" in page
     assert "- `lightning_vs_loop_full`: 1.04 (rounds 1.034 / 1.04 / 1.045); 1 epoch(s) per fit on 9112 days" in page
@@ -41,7 +46,10 @@ def test_page_and_readme_table_are_built_from_the_json(tmp_path, report):
     assert f"`lightning_vs_loop_full` comes from `{full}` (commit bbbbbbb)." in page
     probe, sanity = page.index("| TimeGradientProbe | 1.46 % |"), page.index("| sanity check | 1.02 % |")
     assert probe < sanity  # largest cost first
+    assert "| Adam step, plain 128-128-128 | fused | 0.210 / 0.250 / 0.290 |" in page
+    assert "| dropout forward + backward, (32, 60, 128) | F.dropout (bernoulli_) | 2.700 / 2.800 / 3.000 |" in page
     text = readme.read_text()
     assert "typed 9.99" not in text and text.startswith("top\n") and text.endswith("<!-- bench:end -->\nbottom\n")
     assert "| lightning_vs_loop | 1 | 1.052 | 1.042 / 1.052 / 1.059 | <= 1.03 | MISS |" in text
     assert f"Commit: `{'b' * 40}`" in text and "| TimeGradientProbe | 1.46 % |" in text
+    assert "| Adam step, plain 128-128-128 | fused | 0.210 / 0.250 / 0.290 |" in text
