@@ -38,11 +38,12 @@ class UniformMaskDropout(nn.Dropout):
     identity, ``p = 1`` gives zeros. Why: the CPU's random numbers are the cost. torch's generator (the
     run's seed decides it) fills an int64 with 63 random bits from two 32-bit draws
     (``aten/src/ATen/core/DistributionsHelper.h``, ``uniform_int_distribution``); its four 16-bit parts,
-    each cut to 15 bits, are four uniforms, half the draws of float32 uniforms. A (32, 60, 128) layer
-    output took 0.75-0.93 ms forward + backward, against 1.0-1.6 ms with two 16-bit uniforms per 32-bit
-    draw, 1.7-1.8 ms with float32 ``rand`` and 2.7-3.0 ms with ``F.dropout``'s ``bernoulli_`` (torch
-    2.13.0 CPU, 2 threads, the 2-core benchmark machine); dropout between the layers had been 9 % of an
-    epoch of the default network (cProfile of ``benchmarks.peers``). The mask is built in the input's dtype.
+    each cut to 15 bits, are four uniforms, half the draws of float32 uniforms. Forward + backward of a
+    (32, 60, 128) layer output, median ms over 5 rounds: 0.74 here, 0.95 with float32 ``rand`` compared
+    with p, 2.18 with ``F.dropout``'s ``bernoulli_`` (``python -m benchmarks.kernels``,
+    ``docs/measured/kernels.json``, commit b09dc42, torch 2.13.0 CPU, 2 threads, the 2-core benchmark
+    machine); dropout between the layers had been 9 % of an epoch of the default network (cProfile of
+    ``benchmarks.peers``). The mask is built in the input's dtype.
     """
 
     def forward(self, x: Tensor) -> Tensor:
