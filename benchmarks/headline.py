@@ -56,5 +56,8 @@ def details(result: dict[str, Any]) -> str:
                   if isinstance(item.get(k), float)]
         parts += [f"{k} {item[k]}" for k in ("bytes_held", "bytes_if_windows_copied", "callbacks", "error")
                   if k in item]
+        if "added_s" in item:  # item 1: wall time minus the network's forward and backward, per fit
+            parts.append("seconds per fit beyond the network: " + ", ".join(
+                f"{k} {v['median']:.3f} ({v['min']:.3f}..{v['max']:.3f})" for k, v in item["added_s"].items()))
         lines.append(f"- {name}: " + "; ".join(parts))
     return "\n".join(lines)

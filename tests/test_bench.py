@@ -145,3 +145,14 @@ def test_the_timed_adam_variants_make_the_same_first_step():
         for a, b in zip(moved[name], moved["fused"]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
     assert all(d.abs().max() > 0 for d in moved["fused"])  # every parameter moved
+
+
+def test_details_give_item_1s_seconds_beyond_the_network():
+    from benchmarks.headline import details
+
+    spread = lambda low, mid, high: {"min": low, "median": mid, "max": high, "runs": [low, mid, high]}  # noqa: E731
+    item = {"lightning": spread(3.9, 4.0, 4.1), "loop": spread(3.8, 3.9, 4.0), "ratio": 1.0361,
+            "added_s": {"lightning": spread(0.5, 0.55, 0.6), "loop": spread(0.3, 0.4, 0.45)}}
+    line = details({"items": {"lightning_vs_loop": item}})
+    assert line == ("- lightning_vs_loop: lightning 4 (3.9..4.1); loop 3.9 (3.8..4); ratio 1.0361; seconds per fit "
+                    "beyond the network: lightning 0.550 (0.500..0.600), loop 0.400 (0.300..0.450)")
