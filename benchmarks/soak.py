@@ -7,14 +7,20 @@ a positive slope of the order of the per-epoch data volume; noise is a fraction 
 
     python -m benchmarks.soak                      # the full soak: 20 epochs per cell
     python -m benchmarks.soak --epochs 3 --limit_train_batches 40   # the short version
+    python -m benchmarks.soak --page docs/reliability.md           # only rewrite the page's block from --out
 
-Not a test: it takes long and reports numbers for the README's reliability section.
+It runs with the allocator setting the commands use (``lstm_grad.training.allocator``, applied by
+``benchmarks.stats.machine_note``, which also records the commit and the load average). Not a test: it
+takes long. ``--page`` rewrites the paragraph between ``<!-- soak:begin -->`` and ``<!-- soak:end -->``
+of a page from the JSON, never typed.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +28,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from benchmarks.stats import machine_note
+from experiments.blocks import replace_block
 from lstm_grad.data import GoldDataModule
 from lstm_grad.module import LSTMForecaster
 
@@ -85,6 +93,21 @@ def soak(cell: str, args: argparse.Namespace) -> dict:
             "train_windows": len(data.datasets["train"]), "days": len(data._raw["index"])}
 
 
+def paragraph(results: dict) -> str:
+    """The page's sentences on a soak: per cell its median epoch, RSS range, slope and peak, and the run."""
+    machine, args = results["machine"], results["args"]
+    cells = []
+    for cell in results["cells"]:
+        rss = [row["rss_mib"] for row in cell["rows"]]
+        cells.append(f"{cell['cell'].upper()} median epoch {cell['median_epoch_s']:.1f} s, RSS {min(rss):.0f}-"
+                     f"{max(rss):.0f} MiB (slope {cell['rss_slope_mib_per_epoch']:+.1f} MiB/epoch from epoch 1), "
+                     f"peak {cell['peak_rss_mib']:.0f} MiB")
+    return (f"Latest soak (`{results['command']}`, {args['epochs']} epochs per cell, {results['cells'][0]['days']} "
+            f"days, window {args['window']}, hidden {args['hidden_sizes']}; commit `{machine['commit'][:7]}`, "
+            f"allocator: {machine['allocator']}; load average {machine['loadavg'][0]:.2f} at the start, "
+            f"{machine['loadavg_end'][0]:.2f} at the end): " + "; ".join(cells) + ".")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
@@ -95,17 +118,23 @@ def main() -> None:
     parser.add_argument("--limit_train_batches", type=float, default=1.0, help="fraction or count per epoch")
     parser.add_argument("--limit_val_batches", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=Path("results/soak.json"))
+    parser.add_argument("--page", type=Path, help="only rewrite this page's soak block from --out")
     args = parser.parse_args()
+    if args.page:
+        replace_block(args.page, paragraph(json.loads(args.out.read_text())), "<!-- soak:begin -->", "<!-- soak:end -->")
+        print(f"rewrote the soak block of {args.page}")
+        return
     for name in ("limit_train_batches", "limit_val_batches"):
         value = getattr(args, name)
         setattr(args, name, int(value) if value > 1 else value)
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "args": {
+    results = {"machine": machine_note(), "command": "python -m benchmarks.soak " + " ".join(sys.argv[1:]), "args": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "cells": []}
     for cell in args.cells:
         result = soak(cell, args)
         results["cells"].append(result)
         print(f"{cell}: median epoch {result['median_epoch_s']:.2f} s, peak RSS {result['peak_rss_mib']:.0f} MiB, "
               f"RSS slope {result['rss_slope_mib_per_epoch']:+.2f} MiB/epoch", flush=True)
+    results["machine"]["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")

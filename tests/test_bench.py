@@ -156,3 +156,18 @@ def test_details_give_item_1s_seconds_beyond_the_network():
     line = details({"items": {"lightning_vs_loop": item}})
     assert line == ("- lightning_vs_loop: lightning 4 (3.9..4.1); loop 3.9 (3.8..4); ratio 1.0361; seconds per fit "
                     "beyond the network: lightning 0.550 (0.500..0.600), loop 0.400 (0.300..0.450)")
+
+
+def test_the_soak_paragraph_is_written_from_its_json():
+    from benchmarks.soak import paragraph
+
+    rows = [{"epoch": e, "epoch_s": 1.0, "rss_mib": rss, "peak_rss_mib": 700.0} for e, rss in enumerate((590.4, 600.2))]
+    results = {"command": "python -m benchmarks.soak --epochs 2", "args": {"epochs": 2, "window": 240,
+               "hidden_sizes": [128, 64]}, "machine": {"commit": "c" * 40, "allocator": "glibc: kept",
+               "loadavg": [0.5, 0, 0], "loadavg_end": [1.96, 0, 0]},
+               "cells": [{"cell": "gru", "rows": rows, "rss_slope_mib_per_epoch": 9.8, "median_epoch_s": 85.61,
+                          "peak_rss_mib": 700.0, "days": 9112}]}
+    assert paragraph(results) == (
+        "Latest soak (`python -m benchmarks.soak --epochs 2`, 2 epochs per cell, 9112 days, window 240, hidden "
+        "[128, 64]; commit `ccccccc`, allocator: glibc: kept; load average 0.50 at the start, 1.96 at the end): "
+        "GRU median epoch 85.6 s, RSS 590-600 MiB (slope +9.8 MiB/epoch from epoch 1), peak 700 MiB.")
