@@ -7,7 +7,7 @@ a positive slope of the order of the per-epoch data volume; noise is a fraction 
 
     python -m benchmarks.soak                      # the full soak: 20 epochs per cell
     python -m benchmarks.soak --epochs 3 --limit_train_batches 40   # the short version
-    python -m benchmarks.soak --page docs/reliability.md           # only rewrite the page's block from --out
+    python -m benchmarks.soak --page docs/reliability.md --also results/soak_gru_12.json  # only the page's block
 
 It runs with the allocator setting the commands use (``lstm_grad.training.allocator``, applied by
 ``benchmarks.stats.machine_note``, which also records the commit and the load average). Not a test: it
@@ -102,7 +102,7 @@ def paragraph(results: dict) -> str:
         cells.append(f"{cell['cell'].upper()} median epoch {cell['median_epoch_s']:.1f} s, RSS {min(rss):.0f}-"
                      f"{max(rss):.0f} MiB (slope {cell['rss_slope_mib_per_epoch']:+.1f} MiB/epoch from epoch 1), "
                      f"peak {cell['peak_rss_mib']:.0f} MiB")
-    return (f"Latest soak (`{results['command']}`, {args['epochs']} epochs per cell, {results['cells'][0]['days']} "
+    return (f"Soak (`{results['command']}`, {args['epochs']} epochs per cell, {results['cells'][0]['days']} "
             f"days, window {args['window']}, hidden {args['hidden_sizes']}; commit `{machine['commit'][:7]}`, "
             f"allocator: {machine['allocator']}; load average {machine['loadavg'][0]:.2f} at the start, "
             f"{machine['loadavg_end'][0]:.2f} at the end): " + "; ".join(cells) + ".")
@@ -118,10 +118,12 @@ def main() -> None:
     parser.add_argument("--limit_train_batches", type=float, default=1.0, help="fraction or count per epoch")
     parser.add_argument("--limit_val_batches", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=Path("results/soak.json"))
-    parser.add_argument("--page", type=Path, help="only rewrite this page's soak block from --out")
+    parser.add_argument("--page", type=Path, help="only rewrite this page's soak block from --out (and --also)")
+    parser.add_argument("--also", type=Path, action="append", default=[], help="with --page: another soak's JSON")
     args = parser.parse_args()
     if args.page:
-        replace_block(args.page, paragraph(json.loads(args.out.read_text())), "<!-- soak:begin -->", "<!-- soak:end -->")
+        texts = [paragraph(json.loads(path.read_text())) for path in (args.out, *args.also)]
+        replace_block(args.page, "\n\n".join(texts), "<!-- soak:begin -->", "<!-- soak:end -->")
         print(f"rewrote the soak block of {args.page}")
         return
     for name in ("limit_train_batches", "limit_val_batches"):

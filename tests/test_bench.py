@@ -168,6 +168,6 @@ def test_the_soak_paragraph_is_written_from_its_json():
                "cells": [{"cell": "gru", "rows": rows, "rss_slope_mib_per_epoch": 9.8, "median_epoch_s": 85.61,
                           "peak_rss_mib": 700.0, "days": 9112}]}
     assert paragraph(results) == (
-        "Latest soak (`python -m benchmarks.soak --epochs 2`, 2 epochs per cell, 9112 days, window 240, hidden "
+        "Soak (`python -m benchmarks.soak --epochs 2`, 2 epochs per cell, 9112 days, window 240, hidden "
         "[128, 64]; commit `ccccccc`, allocator: glibc: kept; load average 0.50 at the start, 1.96 at the end): "
         "GRU median epoch 85.6 s, RSS 590-600 MiB (slope +9.8 MiB/epoch from epoch 1), peak 700 MiB.")

@@ -1,8 +1,9 @@
 """The forecaster's Adam: fused where torch has the kernel, the same update as Adam written out by hand."""
 
+import lightning.pytorch as pl
 import torch
 
-from lstm_grad.forecaster.optimizer import make_adam
+from lstm_grad.forecaster.optimizer import make_adam, uses_mixed_precision
 from lstm_grad.module import LSTMForecaster
 
 
@@ -50,3 +51,9 @@ def test_the_forecaster_trains_with_the_fused_adam():
 def test_under_mixed_precision_it_is_torch_default_adam_so_lightning_can_unscale_and_clip():
     param = torch.nn.Parameter(torch.zeros(2))
     assert make_adam([param], lr=1e-3, mixed_precision=True).defaults["fused"] is None
+
+
+def test_lightning_mixed_precision_is_recognised_from_the_trainer():
+    assert not uses_mixed_precision(None)  # a module not attached to a Trainer
+    assert not uses_mixed_precision(pl.Trainer(logger=False, enable_checkpointing=False))  # 32-true
+    assert uses_mixed_precision(pl.Trainer(precision="bf16-mixed", logger=False, enable_checkpointing=False))

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.plugins.precision import MixedPrecision
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,7 +33,7 @@ from lstm_grad.forecaster.evaluation import evaluate
 from lstm_grad.forecaster.intervals import LEVELS, conformal_interval, level_name, random_walk_interval
 from lstm_grad.forecaster.metrics import ForecastMetrics
 from lstm_grad.forecaster.model import ResidualLSTM
-from lstm_grad.forecaster.optimizer import make_adam
+from lstm_grad.forecaster.optimizer import make_adam, uses_mixed_precision
 from lstm_grad.forecaster.shrinkage import PRIOR_WINDOWS, fit_calibration
 
 LOSSES = {"mse": F.mse_loss, "huber": F.huber_loss}
@@ -310,9 +309,8 @@ class LSTMForecaster(pl.LightningModule):
     # ---- optimiser ---------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        plugin = self._trainer.precision_plugin if self._trainer is not None else None
-        mixed = isinstance(plugin, MixedPrecision) or getattr(plugin, "scaler", None) is not None
-        optimizer = make_adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, mixed_precision=mixed)
+        optimizer = make_adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
+                              mixed_precision=uses_mixed_precision(self._trainer))
         if hp.warmup_steps <= 0:
             return optimizer
         ramp = torch.optim.lr_scheduler.LambdaLR(

@@ -22,11 +22,13 @@ and 0.17 on the plain 3 x 128 stack (333,441): about 1-2 % of a training step, e
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
-__all__ = ["make_adam"]
+__all__ = ["make_adam", "uses_mixed_precision"]
 
 
 def make_adam(parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
@@ -43,3 +45,11 @@ def make_adam(parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay:
     fused = not mixed_precision and bool(params) and all(
         p.is_floating_point() and p.device.type in devices for p in params)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def uses_mixed_precision(trainer: Any | None) -> bool:
+    """Say whether ``trainer`` (a Lightning ``Trainer``, or None) runs Lightning's ``MixedPrecision`` plugin
+    (``16-mixed``, ``bf16-mixed``) or any precision plugin with a ``GradScaler``: ``make_adam``'s
+    ``mixed_precision``."""
+    plugin = getattr(trainer, "precision_plugin", None)
+    return isinstance(plugin, MixedPrecision) or getattr(plugin, "scaler", None) is not None
