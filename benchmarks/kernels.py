@@ -44,7 +44,8 @@ def optimizer_steps(hidden_sizes: tuple[int, ...]) -> dict[str, Callable[[], Non
     model = ResidualLSTM(5, hidden_sizes, horizon=1)
     for param in model.parameters():
         param.grad = torch.randn_like(param)
-    flags = {"for-loop (torch's CPU default)": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    flags = {"for-loop (torch's CPU default)": {"foreach": False}, "foreach": {"foreach": True},
+             "fused": {"fused": True}}
     return {name: torch.optim.Adam(model.parameters(), lr=1e-3, **kw).step for name, kw in flags.items()}
 
 

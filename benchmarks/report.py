@@ -143,11 +143,13 @@ def kernels_section(kernels: dict[str, Any]) -> list[str]:
     machine = kernels["machine"]
     lines = [f"The per-step kernels the forecaster chose, against the alternatives (`python -m benchmarks.kernels`, "
              f"ms per call, min / median / max over rounds; commit `{machine.get('commit', 'not recorded')}`, "
-             f"load average {machine['loadavg'][0]:.2f}):", "", "| kernel | variant | ms per call |", "| --- | --- | --- |"]
+             f"load average {machine['loadavg'][0]:.2f}):", "",
+             "| kernel | variant | ms per call |", "| --- | --- | --- |"]
     groups = {**{f"Adam step, {net}": rows for net, rows in kernels["optimizer_step"].items()},
               "dropout forward + backward, (32, 60, 128)": kernels["dropout_forward_backward"]}
     for group, rows in groups.items():
-        lines += [f"| {group} | {name} | {s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f} |" for name, s in rows.items()]
+        lines += [f"| {group} | {name} | {t['min']:.3f} / {t['median']:.3f} / {t['max']:.3f} |"
+                  for name, t in rows.items()]
     return lines
 
 

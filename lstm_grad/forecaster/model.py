@@ -43,15 +43,15 @@ class UniformMaskDropout(nn.Dropout):
     with p, 2.18 with ``F.dropout``'s ``bernoulli_`` (``python -m benchmarks.kernels``,
     ``docs/measured/kernels.json``, commit b09dc42, torch 2.13.0 CPU, 2 threads, the 2-core benchmark
     machine); dropout between the layers had been 9 % of an epoch of the default network (cProfile of
-    ``benchmarks.peers``). The mask is built in the input's dtype.
+    ``benchmarks.peers``). The mask is cast to the input's dtype.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if self.p == 1.0:
-            return x * 0.0
         n, dropped = x.numel(), round(self.p * 32768)
+        if dropped == 32768:  # p = 1, or within 2**-16 of it: everything dropped
+            return x * 0.0
         draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()  # [0, 2**63)
         uniform = draws.view(torch.int16)[:n].view(x.shape).bitwise_and_(0x7FFF)  # four on [0, 32767] per int64
         keep = torch.where(uniform >= dropped, 32768 / (32768 - dropped), 0.0)  # P(keep) = 1 - k / 32768

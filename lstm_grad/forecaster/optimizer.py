@@ -37,8 +37,8 @@ def make_adam(parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay:
 
     Fused needs every parameter floating point and on a device in torch's fused list, and no
     ``mixed_precision`` (Lightning's ``MixedPrecision`` plugin or any plugin with a ``GradScaler``, which
-    unscales the gradients before they are clipped); otherwise this is torch's default Adam, the same update. Raises what ``torch.optim.Adam`` raises (a negative
-    ``lr`` or ``weight_decay``, no parameters).
+    unscales the gradients before they are clipped); otherwise this is torch's default Adam, the same
+    update. Raises what ``torch.optim.Adam`` raises (a negative ``lr`` or ``weight_decay``, no parameters).
     """
     params = list(parameters)
     devices = set(_get_fused_kernels_supported_devices())
